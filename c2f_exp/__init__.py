@@ -1,0 +1,1 @@
+"""Coarse-to-Fine RLHF experiment framework."""

@@ -1,0 +1,179 @@
+"""Typed config schemas (Hydra ConfigStore): a wrong key or type fails at composition.
+
+The root schema `c2f_schema` is the first entry of `conf/config.yaml`'s defaults list, so every
+group's YAML is merged into these dataclasses and OmegaConf names the offending key. Choices
+(`Literal`-like strings) and cross-field rules are checked in `validate()` at stage entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+from c2f_exp.errors import bad_value
+
+DTYPES = ("float32", "bfloat16", "float16")
+STAGE_ORDER = ("prepare", "reward", "coarse", "merge", "eval")
+
+
+@dataclass
+class ModelSpec:
+    """One model: a local directory or a hub id; `null` = built by the `prepare` stage."""
+
+    path: Optional[str] = None
+    revision: Optional[str] = None
+    dtype: str = "float32"
+    trust_remote_code: bool = False  # never on by default: it runs code from the model repo
+
+
+@dataclass
+class ArchConf:
+    """Architecture of a locally built tiny Mistral model."""
+
+    hidden_size: int = 128
+    intermediate_size: int = 512
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    max_position_embeddings: int = 512
+
+
+@dataclass
+class TrainConf:
+    steps: int = 100
+    lr: float = 1e-3
+    batch_size: int = 16
+    block_size: int = 128
+    warmup_steps: int = 10
+    adam_beta2: float = 0.999
+
+
+@dataclass
+class ModelConf:
+    name: str = MISSING
+    source: str = "tinyworld"  # tinyworld: built by `prepare`; hub: loaded by path/id
+    base: ModelSpec = field(default_factory=ModelSpec)
+    instruct: ModelSpec = field(default_factory=ModelSpec)
+    arch: ArchConf = field(default_factory=ArchConf)
+    pretrain: TrainConf = field(default_factory=TrainConf)
+    sft: TrainConf = field(default_factory=TrainConf)
+
+
+@dataclass
+class WorldConf:
+    seed: int = 0
+    n_entities: int = 100
+    heldout_fraction: float = 0.3
+    n_docs: int = 6000
+    p_prompt: float = 0.5
+    p_explain: float = 0.3
+    sft_per_entity: int = 6
+    pref_per_entity: int = 8
+    eval_max_new_tokens: int = 48
+
+
+@dataclass
+class HubDataConf:
+    preference_dataset: Optional[str] = None
+    preference_split: str = "train"
+    prompt_dataset: Optional[str] = None
+    prompt_split: str = "train"
+
+
+@dataclass
+class DataConf:
+    name: str = MISSING
+    source: str = "tinyworld"  # tinyworld | hub
+    world: WorldConf = field(default_factory=WorldConf)
+    hub: HubDataConf = field(default_factory=HubDataConf)
+
+
+@dataclass
+class TrackerConf:
+    backend: str = "wandb"  # wandb | none
+    mode: str = "offline"  # offline | online | disabled
+    project: str = "c2f_exp"
+    entity: Optional[str] = None
+    group: Optional[str] = None  # default: experiment_name
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PathsConf:
+    root_dir: str = MISSING
+    output_dir: str = MISSING
+    cache_dir: str = MISSING
+
+
+@dataclass
+class C2FConfig:
+    experiment_name: str = "tiny_c2f"
+    seed: int = 0
+    stages: list[str] = field(default_factory=lambda: ["prepare"])
+    force: bool = False  # recompute stages even when a cached artifact matches
+    model: ModelConf = field(default_factory=ModelConf)
+    data: DataConf = field(default_factory=DataConf)
+    tracker: TrackerConf = field(default_factory=TrackerConf)
+    paths: PathsConf = field(default_factory=PathsConf)
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="c2f_schema", node=C2FConfig)
+
+
+def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise bad_value(key, value, "one of " + ", ".join(choices))
+
+
+def _positive(key: str, value: Any) -> None:
+    if not value > 0:
+        raise bad_value(key, value, "> 0")
+
+
+def validate(cfg: DictConfig, implemented: tuple[str, ...]) -> None:
+    """Checks OmegaConf's types cannot express. Raises ConfigError naming key and fix."""
+    for i, s in enumerate(cfg.stages):
+        if s not in STAGE_ORDER:
+            raise bad_value(f"stages[{i}]", s, "one of " + ", ".join(STAGE_ORDER))
+        if s not in implemented:
+            raise bad_value(f"stages[{i}]", s, "an implemented stage (" + ", ".join(implemented)
+                            + ")", "this stage is not built yet: drop it from stages")
+    if list(cfg.stages) != sorted(cfg.stages, key=STAGE_ORDER.index):
+        raise bad_value("stages", list(cfg.stages), "in pipeline order " + ", ".join(STAGE_ORDER))
+    if len(set(cfg.stages)) != len(cfg.stages):
+        raise bad_value("stages", list(cfg.stages), "a list without repeats")
+    _choice("model.source", cfg.model.source, ("tinyworld", "hub"))
+    _choice("data.source", cfg.data.source, ("tinyworld", "hub"))
+    _choice("tracker.backend", cfg.tracker.backend, ("wandb", "none"))
+    _choice("tracker.mode", cfg.tracker.mode, ("offline", "online", "disabled"))
+    for role in ("base", "instruct"):
+        _choice(f"model.{role}.dtype", cfg.model[role].dtype, DTYPES)
+    if cfg.model.source == "tinyworld":
+        if cfg.data.source != "tinyworld":
+            raise bad_value("data.source", cfg.data.source, "tinyworld when model=tiny",
+                            "the tiny models only know the tiny world: use data=tinyworld")
+        a = cfg.model.arch
+        for k in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads"):
+            _positive(f"model.arch.{k}", a[k])
+        if a.hidden_size % a.num_heads or a.num_heads % a.num_kv_heads:
+            raise bad_value("model.arch.num_heads", a.num_heads,
+                            "a divisor of hidden_size and a multiple of num_kv_heads")
+        for phase in ("pretrain", "sft"):
+            for k in ("steps", "lr", "batch_size", "block_size"):
+                _positive(f"model.{phase}.{k}", cfg.model[phase][k])
+        w = cfg.data.world
+        if w.n_entities < 4:
+            raise bad_value("data.world.n_entities", w.n_entities, ">= 4")
+        if not 0 < w.heldout_fraction < 1:
+            raise bad_value("data.world.heldout_fraction", w.heldout_fraction,
+                            "strictly between 0 and 1")
+        _positive("data.world.n_docs", w.n_docs)
+    else:
+        for role in ("base", "instruct"):
+            if not cfg.model[role].path:
+                raise bad_value(f"model.{role}.path", cfg.model[role].path,
+                                "a hub id or a local model directory for model.source=hub")

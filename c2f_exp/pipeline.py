@@ -1,0 +1,89 @@
+"""Run `cfg.stages` in order with artifact reuse and write manifest.json (DESIGN §4-5)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from c2f_exp import artifacts
+from c2f_exp.config import validate
+from c2f_exp.stages import StageContext, registry
+from c2f_exp.tracking import Tracker
+
+log = logging.getLogger(__name__)
+RESULT = "result.json"
+
+
+def _cfg(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Validate, preflight every requested stage, then run or reuse each one."""
+    stages = registry()
+    validate(cfg, tuple(stages))
+    for name in cfg.stages:  # all cheap checks first: fail before any expensive work
+        stages[name].preflight(cfg)
+
+    cache = Path(cfg.paths.cache_dir)
+    manifest: dict[str, Any] = {"experiment": cfg.experiment_name, "stages": []}
+    tracker = Tracker(cfg.tracker, run_dir, _cfg(cfg), group=cfg.experiment_name,
+                      name=f"{cfg.experiment_name}-{run_dir.name}")
+    exit_code = 1
+    try:
+        upstream: dict[str, dict[str, Any]] = {}
+        for name in cfg.stages:
+            stage = stages[name]
+            inputs = {k: v["config_hash"] for k, v in upstream.items()}
+            key = artifacts.config_hash({"stage": name, "config": stage.config_subtree(cfg),
+                                         "inputs": inputs})
+            entry = _run_stage(stage, cfg, run_dir, cache / name / key, key, tracker, upstream)
+            upstream[name] = entry
+            manifest["stages"].append(entry)
+            artifacts.write_json_atomic(run_dir / "manifest.json", manifest)
+        exit_code = 0
+    finally:
+        tracker.finish(exit_code)
+    return manifest
+
+
+def _run_stage(stage: Any, cfg: DictConfig, run_dir: Path, art: Path, key: str,
+               tracker: Tracker, upstream: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    stage_dir = run_dir / stage.name
+    tracker.stage(stage.name, stage_dir)
+    t0 = time.time()
+    with artifacts.claim(art):  # parallel jobs wanting the same artifact wait, then reuse it
+        if artifacts.is_complete(art) and not cfg.force:
+            status = "reused"
+            result = _read_result(art)
+            if (art / "metrics.jsonl").is_file():
+                shutil.copy(art / "metrics.jsonl", stage_dir / "metrics.jsonl")
+            log.info("stage %s: reused %s", stage.name, art)
+        else:
+            status = "done"
+            log.info("stage %s: building %s", stage.name, art)
+            work = art.with_name(art.name + ".work")
+            work.mkdir(parents=True, exist_ok=True)
+            ctx = StageContext(cfg, run_dir, stage_dir, work, tracker, dict(upstream))
+            with artifacts.atomic_dir(art) as tmp:
+                metrics = stage.run(ctx, tmp)
+                result = {"metrics": metrics, "seconds": round(time.time() - t0, 2)}
+                artifacts.write_json_atomic(tmp / RESULT, result)
+                if (stage_dir / "metrics.jsonl").is_file():
+                    shutil.copy(stage_dir / "metrics.jsonl", tmp / "metrics.jsonl")
+            shutil.rmtree(work, ignore_errors=True)
+    tracker.summary(result["metrics"])
+    return {"stage": stage.name, "status": status, "path": str(art), "config_hash": key,
+            "seconds": round(time.time() - t0, 2) if status == "reused" else result["seconds"],
+            "metrics": result["metrics"]}
+
+
+def _read_result(art: Path) -> dict[str, Any]:
+    import json
+
+    return json.loads((art / RESULT).read_text())

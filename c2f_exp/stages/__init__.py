@@ -1,0 +1,42 @@
+"""Stage registry: name -> Stage. Stages orchestrate; the math lives in rl/ and merging/."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from omegaconf import DictConfig
+
+from c2f_exp.tracking import Tracker
+
+
+@dataclass
+class StageContext:
+    """What a stage gets: the config, where to write, the tracker, upstream artifacts."""
+
+    cfg: DictConfig
+    run_dir: Path
+    stage_dir: Path  # <run_dir>/<stage>/: logs, metrics.jsonl
+    work_dir: Path  # survives crashes (checkpoints for resume); removed when the stage is done
+    tracker: Tracker
+    upstream: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> manifest entry
+
+
+class Stage(Protocol):
+    name: str
+
+    def config_subtree(self, cfg: DictConfig) -> dict[str, Any]:
+        """The part of the config the stage's output depends on (hashed for reuse)."""
+
+    def preflight(self, cfg: DictConfig) -> None:
+        """Cheap checks (paths, hub reachability) run for all stages before any stage runs."""
+
+    def run(self, ctx: StageContext, out: Path) -> dict[str, Any]:
+        """Build the artifact in `out` (a temp dir renamed into place after). Returns metrics."""
+
+
+def registry() -> dict[str, Stage]:
+    from c2f_exp.stages.prepare import PrepareStage
+
+    return {s.name: s for s in (PrepareStage(),)}

@@ -1,0 +1,89 @@
+"""Composition of every experiment, debug=micro precedence, named errors for bad values."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from c2f_exp.config import validate
+from c2f_exp.errors import ConfigError
+from c2f_exp.stages import registry
+from tests.conftest import CONF
+
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+def test_experiments_exist():
+    assert {"tiny_c2f", "mistral_c2f"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("exp", EXPERIMENTS)
+@pytest.mark.parametrize("micro", [False, True])
+def test_every_experiment_composes_and_validates(compose, exp, micro):
+    cfg = compose([f"+experiment={exp}"] + (["debug=micro"] if micro else []))
+    assert cfg.experiment_name == exp
+    validate(cfg, tuple(registry()))
+    if micro:  # micro must shrink any experiment, whatever it selects
+        micro_cfg = OmegaConf.load(CONF / "debug" / "micro.yaml")
+        assert cfg.model.pretrain.steps == micro_cfg.model.pretrain.steps
+        assert cfg.data.world.n_entities == micro_cfg.data.world.n_entities
+        assert cfg.model.arch.hidden_size == micro_cfg.model.arch.hidden_size
+
+
+def test_experiments_only_select_group_options():
+    """Values set directly in an experiment would beat debug=micro: only names allowed."""
+    for exp in EXPERIMENTS:
+        raw = OmegaConf.load(CONF / "experiment" / f"{exp}.yaml")
+        assert set(raw.keys()) <= {"defaults", "experiment_name"}, exp
+
+
+def test_default_is_tiny_c2f(compose):
+    plain, tiny = compose(), compose(["+experiment=tiny_c2f"])
+    drop = lambda c: OmegaConf.to_container(c, resolve=False)  # noqa: E731
+    assert drop(plain) == drop(tiny)
+    assert plain.model.source == "tinyworld" and plain.stages == ["prepare"]
+
+
+def test_mistral_has_instruct_partner(compose):
+    cfg = compose(["+experiment=mistral_c2f"])
+    assert cfg.model.base.path == "mistralai/Mistral-7B-v0.1"
+    assert "Instruct" in cfg.model.instruct.path
+    assert cfg.model.base.trust_remote_code is False
+
+
+def test_unknown_key_fails_at_composition_naming_it(compose):
+    with pytest.raises(Exception, match="no_such_key"):
+        compose(["model.no_such_key=1"])
+
+
+def test_wrong_type_fails_at_composition_naming_key(compose):
+    with pytest.raises(Exception, match="steps"):
+        compose(["model.pretrain.steps=many"])
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("tracker.mode=onlien", "tracker.mode"),
+    ("model.base.dtype=fp8", "model.base.dtype"),
+    ("stages=[prepare,bogus]", "stages[1]"),
+    ("model.pretrain.lr=0", "model.pretrain.lr"),
+    ("data.world.heldout_fraction=1.5", "data.world.heldout_fraction"),
+    ("model.arch.num_heads=3", "model.arch.num_heads"),
+])
+def test_bad_values_give_named_error(compose, override, needle):
+    cfg = compose([override])
+    with pytest.raises(ConfigError) as e:
+        validate(cfg, tuple(registry()))
+    msg = str(e.value)
+    assert needle in msg and "\n" not in msg
+
+
+def test_unimplemented_stage_is_refused(compose):
+    cfg = compose(["stages=[prepare,coarse]"])
+    with pytest.raises(ConfigError, match="not built yet"):
+        validate(cfg, ("prepare",))
+
+
+def test_stage_order_is_enforced(compose):
+    cfg = compose(["stages=[coarse,prepare]"])
+    with pytest.raises(ConfigError, match="pipeline order"):
+        validate(cfg, ("prepare", "coarse"))
