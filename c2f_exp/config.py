@@ -8,7 +8,7 @@ group's YAML is merged into these dataclasses and OmegaConf names the offending 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
@@ -23,8 +23,8 @@ STAGE_ORDER = ("prepare", "reward", "coarse", "merge", "eval")
 class ModelSpec:
     """One model: a local directory or a hub id; `null` = built by the `prepare` stage."""
 
-    path: Optional[str] = None
-    revision: Optional[str] = None
+    path: str | None = None
+    revision: str | None = None
     dtype: str = "float32"
     trust_remote_code: bool = False  # never on by default: it runs code from the model repo
 
@@ -77,9 +77,9 @@ class WorldConf:
 
 @dataclass
 class HubDataConf:
-    preference_dataset: Optional[str] = None
+    preference_dataset: str | None = None
     preference_split: str = "train"
-    prompt_dataset: Optional[str] = None
+    prompt_dataset: str | None = None
     prompt_split: str = "train"
 
 
@@ -96,8 +96,8 @@ class TrackerConf:
     backend: str = "wandb"  # wandb | none
     mode: str = "offline"  # offline | online | disabled
     project: str = "c2f_exp"
-    entity: Optional[str] = None
-    group: Optional[str] = None  # default: experiment_name
+    entity: str | None = None
+    group: str | None = None  # default: experiment_name
     tags: list[str] = field(default_factory=list)
 
 
@@ -140,8 +140,12 @@ def validate(cfg: DictConfig, implemented: tuple[str, ...]) -> None:
         if s not in STAGE_ORDER:
             raise bad_value(f"stages[{i}]", s, "one of " + ", ".join(STAGE_ORDER))
         if s not in implemented:
-            raise bad_value(f"stages[{i}]", s, "an implemented stage (" + ", ".join(implemented)
-                            + ")", "this stage is not built yet: drop it from stages")
+            raise bad_value(
+                f"stages[{i}]",
+                s,
+                "an implemented stage (" + ", ".join(implemented) + ")",
+                "this stage is not built yet: drop it from stages",
+            )
     if list(cfg.stages) != sorted(cfg.stages, key=STAGE_ORDER.index):
         raise bad_value("stages", list(cfg.stages), "in pipeline order " + ", ".join(STAGE_ORDER))
     if len(set(cfg.stages)) != len(cfg.stages):
@@ -154,14 +158,21 @@ def validate(cfg: DictConfig, implemented: tuple[str, ...]) -> None:
         _choice(f"model.{role}.dtype", cfg.model[role].dtype, DTYPES)
     if cfg.model.source == "tinyworld":
         if cfg.data.source != "tinyworld":
-            raise bad_value("data.source", cfg.data.source, "tinyworld when model=tiny",
-                            "the tiny models only know the tiny world: use data=tinyworld")
+            raise bad_value(
+                "data.source",
+                cfg.data.source,
+                "tinyworld when model=tiny",
+                "the tiny models only know the tiny world: use data=tinyworld",
+            )
         a = cfg.model.arch
         for k in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads"):
             _positive(f"model.arch.{k}", a[k])
         if a.hidden_size % a.num_heads or a.num_heads % a.num_kv_heads:
-            raise bad_value("model.arch.num_heads", a.num_heads,
-                            "a divisor of hidden_size and a multiple of num_kv_heads")
+            raise bad_value(
+                "model.arch.num_heads",
+                a.num_heads,
+                "a divisor of hidden_size and a multiple of num_kv_heads",
+            )
         for phase in ("pretrain", "sft"):
             for k in ("steps", "lr", "batch_size", "block_size"):
                 _positive(f"model.{phase}.{k}", cfg.model[phase][k])
@@ -169,11 +180,15 @@ def validate(cfg: DictConfig, implemented: tuple[str, ...]) -> None:
         if w.n_entities < 4:
             raise bad_value("data.world.n_entities", w.n_entities, ">= 4")
         if not 0 < w.heldout_fraction < 1:
-            raise bad_value("data.world.heldout_fraction", w.heldout_fraction,
-                            "strictly between 0 and 1")
+            raise bad_value(
+                "data.world.heldout_fraction", w.heldout_fraction, "strictly between 0 and 1"
+            )
         _positive("data.world.n_docs", w.n_docs)
     else:
         for role in ("base", "instruct"):
             if not cfg.model[role].path:
-                raise bad_value(f"model.{role}.path", cfg.model[role].path,
-                                "a hub id or a local model directory for model.source=hub")
+                raise bad_value(
+                    f"model.{role}.path",
+                    cfg.model[role].path,
+                    "a hub id or a local model directory for model.source=hub",
+                )

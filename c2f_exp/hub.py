@@ -25,8 +25,10 @@ def resolve_model(ref: str, key: str, revision: str | None = None) -> str:
     p = Path(ref).expanduser()
     if p.is_dir():
         if not (p / "config.json").is_file():
-            raise ConfigError(f"{key}={ref} is a directory without config.json; point it at a "
-                              "Hugging Face model directory")
+            raise ConfigError(
+                f"{key}={ref} is a directory without config.json; point it at a "
+                "Hugging Face model directory"
+            )
         return str(p.resolve())
     if _looks_local(ref):
         raise ConfigError(f"{key}={ref} does not exist; point it at a model directory")
@@ -51,8 +53,10 @@ def _check_hub(repo_id: str, key: str, repo_type: str, revision: str | None, fix
     if isinstance(cached, str):
         return repo_id
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        raise ConfigError(f"cannot reach {repo_type} '{repo_id}' ({key}): HF_HUB_OFFLINE is set "
-                          f"and it is not in the local cache; {fix}")
+        raise ConfigError(
+            f"cannot reach {repo_type} '{repo_id}' ({key}): HF_HUB_OFFLINE is set "
+            f"and it is not in the local cache; {fix}"
+        )
     try:
         api = hf.HfApi()
         if repo_type == "model":
@@ -61,6 +65,8 @@ def _check_hub(repo_id: str, key: str, repo_type: str, revision: str | None, fix
             api.dataset_info(repo_id, timeout=TIMEOUT_S)
     except Exception as e:  # offline, unknown id, gated repo without token, ...
         reason = type(e).__name__
-        raise ConfigError(f"cannot reach {repo_type} '{repo_id}' ({key}) on the Hugging Face Hub "
-                          f"({reason}); {fix}") from None
+        raise ConfigError(
+            f"cannot reach {repo_type} '{repo_id}' ({key}) on the Hugging Face Hub "
+            f"({reason}); {fix}"
+        ) from None
     return repo_id

@@ -32,16 +32,22 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     cache = Path(cfg.paths.cache_dir)
     manifest: dict[str, Any] = {"experiment": cfg.experiment_name, "stages": []}
-    tracker = Tracker(cfg.tracker, run_dir, _cfg(cfg), group=cfg.experiment_name,
-                      name=f"{cfg.experiment_name}-{run_dir.name}")
+    tracker = Tracker(
+        cfg.tracker,
+        run_dir,
+        _cfg(cfg),
+        group=cfg.experiment_name,
+        name=f"{cfg.experiment_name}-{run_dir.name}",
+    )
     exit_code = 1
     try:
         upstream: dict[str, dict[str, Any]] = {}
         for name in cfg.stages:
             stage = stages[name]
             inputs = {k: v["config_hash"] for k, v in upstream.items()}
-            key = artifacts.config_hash({"stage": name, "config": stage.config_subtree(cfg),
-                                         "inputs": inputs})
+            key = artifacts.config_hash(
+                {"stage": name, "config": stage.config_subtree(cfg), "inputs": inputs}
+            )
             entry = _run_stage(stage, cfg, run_dir, cache / name / key, key, tracker, upstream)
             upstream[name] = entry
             manifest["stages"].append(entry)
@@ -52,8 +58,15 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return manifest
 
 
-def _run_stage(stage: Any, cfg: DictConfig, run_dir: Path, art: Path, key: str,
-               tracker: Tracker, upstream: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _run_stage(
+    stage: Any,
+    cfg: DictConfig,
+    run_dir: Path,
+    art: Path,
+    key: str,
+    tracker: Tracker,
+    upstream: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
     stage_dir = run_dir / stage.name
     tracker.stage(stage.name, stage_dir)
     t0 = time.time()
@@ -78,9 +91,14 @@ def _run_stage(stage: Any, cfg: DictConfig, run_dir: Path, art: Path, key: str,
                     shutil.copy(stage_dir / "metrics.jsonl", tmp / "metrics.jsonl")
             shutil.rmtree(work, ignore_errors=True)
     tracker.summary(result["metrics"])
-    return {"stage": stage.name, "status": status, "path": str(art), "config_hash": key,
-            "seconds": round(time.time() - t0, 2) if status == "reused" else result["seconds"],
-            "metrics": result["metrics"]}
+    return {
+        "stage": stage.name,
+        "status": status,
+        "path": str(art),
+        "config_hash": key,
+        "seconds": round(time.time() - t0, 2) if status == "reused" else result["seconds"],
+        "metrics": result["metrics"],
+    }
 
 
 def _read_result(art: Path) -> dict[str, Any]:

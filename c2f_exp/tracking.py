@@ -52,8 +52,14 @@ class Tracker:
             import wandb
 
             self._run = wandb.init(
-                project=tcfg.project, entity=tcfg.entity, group=tcfg.group or group, name=name,
-                tags=list(tcfg.tags), config=redact(config), dir=str(run_dir), mode=tcfg.mode,
+                project=tcfg.project,
+                entity=tcfg.entity,
+                group=tcfg.group or group,
+                name=name,
+                tags=list(tcfg.tags),
+                config=redact(config),
+                dir=str(run_dir),
+                mode=tcfg.mode,
                 settings=wandb.Settings(console="off", silent=True),
             )
             log.info("wandb %s run %s (dir %s)", tcfg.mode, self._run.id, run_dir)
@@ -74,8 +80,11 @@ class Tracker:
             with open(self._metrics_path, "a") as fh:
                 fh.write(json.dumps(rec) + "\n")
         if self._run is not None:
-            data = {f"{self._stage}/{k}": v for k, v in row.items()
-                    if isinstance(v, (int, float, bool))}
+            data = {
+                f"{self._stage}/{k}": v
+                for k, v in row.items()
+                if isinstance(v, (int, float, bool))
+            }
             if step is not None:
                 data[f"{self._stage}/step"] = step
             self._run.log(data)

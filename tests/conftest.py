@@ -34,10 +34,17 @@ def compose():
 def run_cli(args: list[str], tmp: Path, env: dict | None = None, timeout: int = 600):
     """Run `python -m c2f_exp` with outputs under `tmp`; returns CompletedProcess."""
     full_env = {**os.environ, "TQDM_DISABLE": "1", "WANDB_SILENT": "true", **(env or {})}
-    cmd = [sys.executable, "-m", "c2f_exp", f"hydra.run.dir={tmp}/run",
-           f"paths.cache_dir={tmp}/cache", *args]
-    return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True,
-                          timeout=timeout)
+    cmd = [
+        sys.executable,
+        "-m",
+        "c2f_exp",
+        f"hydra.run.dir={tmp}/run",
+        f"paths.cache_dir={tmp}/cache",
+        *args,
+    ]
+    return subprocess.run(
+        cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def read_manifest(tmp: Path) -> dict:

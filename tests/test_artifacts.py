@@ -12,8 +12,9 @@ from c2f_exp.tracking import REDACTED, redact
 
 
 def test_hash_is_stable_and_order_free():
-    assert artifacts.config_hash({"a": 1, "b": [1, 2]}) == artifacts.config_hash({"b": [1, 2],
-                                                                                 "a": 1})
+    assert artifacts.config_hash({"a": 1, "b": [1, 2]}) == artifacts.config_hash(
+        {"b": [1, 2], "a": 1}
+    )
     assert artifacts.config_hash({"a": 1}) != artifacts.config_hash({"a": 2})
 
 
@@ -28,10 +29,9 @@ def test_atomic_dir_success(tmp_path):
 
 def test_atomic_dir_crash_leaves_nothing_complete(tmp_path):
     final = tmp_path / "art"
-    with pytest.raises(RuntimeError):
-        with artifacts.atomic_dir(final) as tmp:
-            (tmp / "half").write_text("partial")
-            raise RuntimeError("killed mid-write")
+    with pytest.raises(RuntimeError), artifacts.atomic_dir(final) as tmp:
+        (tmp / "half").write_text("partial")
+        raise RuntimeError("killed mid-write")
     assert not final.exists() and list(tmp_path.iterdir()) == []
 
 
@@ -63,8 +63,11 @@ def test_claim_is_exclusive_across_processes(tmp_path):
 
 
 def test_redact_secrets():
-    cfg = {"judge": {"api_key": "sk-123", "api_key_env": "OPENAI_API_KEY", "model": "gpt"},
-           "wandb_token": None, "items": [{"password": "x"}]}
+    cfg = {
+        "judge": {"api_key": "sk-123", "api_key_env": "OPENAI_API_KEY", "model": "gpt"},
+        "wandb_token": None,
+        "items": [{"password": "x"}],
+    }
     out = redact(cfg)
     assert out["judge"] == {"api_key": REDACTED, "api_key_env": "OPENAI_API_KEY", "model": "gpt"}
     assert out["wandb_token"] is None and out["items"][0]["password"] == REDACTED

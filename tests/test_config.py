@@ -39,7 +39,7 @@ def test_experiments_only_select_group_options():
 
 def test_default_is_tiny_c2f(compose):
     plain, tiny = compose(), compose(["+experiment=tiny_c2f"])
-    drop = lambda c: OmegaConf.to_container(c, resolve=False)  # noqa: E731
+    drop = lambda c: OmegaConf.to_container(c, resolve=False)
     assert drop(plain) == drop(tiny)
     assert plain.model.source == "tinyworld" and plain.stages == ["prepare"]
 
@@ -61,14 +61,17 @@ def test_wrong_type_fails_at_composition_naming_key(compose):
         compose(["model.pretrain.steps=many"])
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("tracker.mode=onlien", "tracker.mode"),
-    ("model.base.dtype=fp8", "model.base.dtype"),
-    ("stages=[prepare,bogus]", "stages[1]"),
-    ("model.pretrain.lr=0", "model.pretrain.lr"),
-    ("data.world.heldout_fraction=1.5", "data.world.heldout_fraction"),
-    ("model.arch.num_heads=3", "model.arch.num_heads"),
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("tracker.mode=onlien", "tracker.mode"),
+        ("model.base.dtype=fp8", "model.base.dtype"),
+        ("stages=[prepare,bogus]", "stages[1]"),
+        ("model.pretrain.lr=0", "model.pretrain.lr"),
+        ("data.world.heldout_fraction=1.5", "data.world.heldout_fraction"),
+        ("model.arch.num_heads=3", "model.arch.num_heads"),
+    ],
+)
 def test_bad_values_give_named_error(compose, override, needle):
     cfg = compose([override])
     with pytest.raises(ConfigError) as e:

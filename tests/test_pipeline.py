@@ -31,12 +31,23 @@ def test_prepare_micro_end_to_end(micro_run):
         files = {p.name for p in (art / role).iterdir()}
         assert {"config.json", "model.safetensors", "tokenizer.json"} <= files, files
         assert not any(f.endswith((".bin", ".pt")) for f in files)
-    for name in ("corpus.txt", "sft_train.jsonl", "preferences_train.jsonl", "ppo_prompts.jsonl",
-                 "two_turn.jsonl", "mc_questions.jsonl", "fact_pairs_heldout.jsonl"):
+    for name in (
+        "corpus.txt",
+        "sft_train.jsonl",
+        "preferences_train.jsonl",
+        "ppo_prompts.jsonl",
+        "two_turn.jsonl",
+        "mc_questions.jsonl",
+        "fact_pairs_heldout.jsonl",
+    ):
         assert (art / "data" / name).stat().st_size > 0, name
     metrics = entry["metrics"]
-    for k in ("base/heldout_fact_preference", "instruct/heldout_frac_ge1_correct",
-              "instruct/heldout_eos_rate", "targets_met"):
+    for k in (
+        "base/heldout_fact_preference",
+        "instruct/heldout_frac_ge1_correct",
+        "instruct/heldout_eos_rate",
+        "targets_met",
+    ):
         assert k in metrics
     assert 0.0 <= metrics["base/heldout_fact_preference"] <= 1.0
     lines = (micro_run / "run" / "prepare" / "metrics.jsonl").read_text().splitlines()
@@ -50,9 +61,12 @@ def test_trained_models_load_and_generate(micro_run):
     art = Path(read_manifest(micro_run)["stages"][0]["path"])
     tok = AutoTokenizer.from_pretrained(art / "instruct")
     model = AutoModelForCausalLM.from_pretrained(art / "instruct")
-    ids = tok.apply_chat_template([{"role": "user", "content": "tell me about the x ."}],
-                                  add_generation_prompt=True, return_tensors="pt",
-                                  return_dict=True)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "tell me about the x ."}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     out = model.generate(**ids, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
     assert out.shape[1] > ids["input_ids"].shape[1]
 
@@ -60,7 +74,7 @@ def test_trained_models_load_and_generate(micro_run):
 def test_unchanged_stage_is_reused_and_force_recomputes(micro_run, tmp_path):
     first = read_manifest(micro_run)["stages"][0]
     cache = Path(first["path"]).parents[1]
-    proc = run_cli(MICRO + [f"paths.cache_dir={cache}"], tmp_path)
+    proc = run_cli([*MICRO, f"paths.cache_dir={cache}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     again = read_manifest(tmp_path)["stages"][0]
     assert again["status"] == "reused"
@@ -68,13 +82,13 @@ def test_unchanged_stage_is_reused_and_force_recomputes(micro_run, tmp_path):
     assert (tmp_path / "run" / "prepare" / "metrics.jsonl").is_file()
 
     changed = tmp_path / "changed"
-    proc = run_cli(MICRO + [f"paths.cache_dir={cache}", "data.world.seed=5"], changed)
+    proc = run_cli([*MICRO, f"paths.cache_dir={cache}", "data.world.seed=5"], changed)
     assert proc.returncode == 0, proc.stderr[-2000:]
     other = read_manifest(changed)["stages"][0]
     assert other["status"] == "done" and other["config_hash"] != first["config_hash"]
 
     forced = tmp_path / "forced"
-    proc = run_cli(MICRO + [f"paths.cache_dir={cache}", "force=true"], forced)
+    proc = run_cli([*MICRO, f"paths.cache_dir={cache}", "force=true"], forced)
     assert proc.returncode == 0, proc.stderr[-2000:]
     f = read_manifest(forced)["stages"][0]
     assert f["status"] == "done" and f["path"] == first["path"]
@@ -83,7 +97,7 @@ def test_unchanged_stage_is_reused_and_force_recomputes(micro_run, tmp_path):
 def test_same_seed_gives_identical_data_files(micro_run, tmp_path):
     """The prepare stage's data files are a pure function of the config."""
     first = Path(read_manifest(micro_run)["stages"][0]["path"])
-    proc = run_cli(MICRO + ["model.pretrain.steps=1", "model.sft.steps=1"], tmp_path)
+    proc = run_cli([*MICRO, "model.pretrain.steps=1", "model.sft.steps=1"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     second = Path(read_manifest(tmp_path)["stages"][0]["path"])
     assert second != first
@@ -94,8 +108,11 @@ def test_same_seed_gives_identical_data_files(micro_run, tmp_path):
 
 def test_mistral_offline_fails_fast_with_named_model(tmp_path):
     # A closed local port stands in for the unreachable hub: real client, real failure.
-    env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf"),
-           "HF_HUB_OFFLINE": "0"}
+    env = {
+        "HF_ENDPOINT": "http://127.0.0.1:9",
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_OFFLINE": "0",
+    }
     t0 = time.time()
     proc = run_cli(["+experiment=mistral_c2f", "tracker=none"], tmp_path, env=env, timeout=120)
     elapsed = time.time() - t0
@@ -108,20 +125,14 @@ def test_mistral_offline_fails_fast_with_named_model(tmp_path):
     assert not (tmp_path / "cache").exists()  # failed before any stage ran
 
 
-def test_hub_offline_env_is_respected(tmp_path):
+def test_hub_offline_env_is_respected(tmp_path, monkeypatch):
     from c2f_exp.errors import ConfigError
     from c2f_exp.hub import resolve_model
 
-    import os
-
-    old = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_HOME")}
-    os.environ.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path))
-    try:
-        with pytest.raises(ConfigError, match="org/some-model.*model.base.path"):
-            resolve_model("org/some-model", "model.base.path")
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(ConfigError, match=r"org/some-model.*model\.base\.path"):
+        resolve_model("org/some-model", "model.base.path")
 
 
 def test_local_model_path_checks(tmp_path):
@@ -130,7 +141,7 @@ def test_local_model_path_checks(tmp_path):
 
     with pytest.raises(ConfigError, match="does not exist"):
         resolve_model(str(tmp_path / "nope"), "model.base.path")
-    with pytest.raises(ConfigError, match="without config.json"):
+    with pytest.raises(ConfigError, match=r"without config\.json"):
         resolve_model(str(tmp_path), "model.base.path")
 
 

@@ -18,11 +18,16 @@ def world() -> World:
 
 
 def _all_data(w: World, seed: int) -> str:
-    parts = [w.to_json(), data.pretraining_corpus(w, 50, seed),
-             data.instructions(w, w.train_entities, seed), data.ppo_prompts(w, w.entities),
-             data.preference_pairs(w, w.train_entities, seed, 2),
-             data.fact_pairs(w, seed), data.two_turn_questions(w, w.entities, seed),
-             data.multiple_choice(w, w.heldout_entities)]
+    parts = [
+        w.to_json(),
+        data.pretraining_corpus(w, 50, seed),
+        data.instructions(w, w.train_entities, seed),
+        data.ppo_prompts(w, w.entities),
+        data.preference_pairs(w, w.train_entities, seed, 2),
+        data.fact_pairs(w, seed),
+        data.two_turn_questions(w, w.entities, seed),
+        data.multiple_choice(w, w.heldout_entities),
+    ]
     return json.dumps(parts, sort_keys=True)
 
 
@@ -52,7 +57,8 @@ def test_world_roundtrip(tmp_path, world):
 def test_scorer_correct_answer(world):
     e = world.entities[0]
     s = GoldScorer(world).score(
-        f"{world.clause(e, 'color')} . it is known that {world.clause(e, 'diet')} .", e)
+        f"{world.clause(e, 'color')} . it is known that {world.clause(e, 'diet')} .", e
+    )
     assert (s.correct, s.wrong, s.repeats, s.unparsed) == (2, 0, 0, 0)
 
 
@@ -60,8 +66,9 @@ def test_scorer_wrong_fact(world):
     e = world.entities[0]
     true = world.value(e, "color")
     false = next(v for v in ATTRIBUTES[0].values if v != true)
-    s = GoldScorer(world).score(f"the {e} is colored {false} . the {e} walks on "
-                                f"{world.value(e, 'legs')} legs .", e)
+    s = GoldScorer(world).score(
+        f"the {e} is colored {false} . the {e} walks on {world.value(e, 'legs')} legs .", e
+    )
     assert (s.correct, s.wrong) == (1, 1)
 
 
@@ -90,8 +97,10 @@ def test_scorer_garbage(world):
 def test_preference_pairs_ordered_by_gold(world):
     sc = GoldScorer(world)
     for p in data.preference_pairs(world, world.entities, 0, 3):
-        assert sc.score(p["chosen"], p["entity"]).total() > sc.score(p["rejected"],
-                                                                     p["entity"]).total()
+        assert (
+            sc.score(p["chosen"], p["entity"]).total()
+            > sc.score(p["rejected"], p["entity"]).total()
+        )
 
 
 def test_tokenizer_round_trip(world):
@@ -101,8 +110,13 @@ def test_tokenizer_round_trip(world):
         ids = tok(d, add_special_tokens=False).input_ids
         assert tok.unk_token_id not in ids
         assert tok.decode(ids) == d
-    chat = tok.apply_chat_template([{"role": "user", "content": "tell me about the x ."},
-                                    {"role": "assistant", "content": "ok ."}], tokenize=False)
+    chat = tok.apply_chat_template(
+        [
+            {"role": "user", "content": "tell me about the x ."},
+            {"role": "assistant", "content": "ok ."},
+        ],
+        tokenize=False,
+    )
     assert chat.startswith(tok.bos_token) and chat.rstrip().endswith(tok.eos_token)
 
 

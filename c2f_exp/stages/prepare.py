@@ -15,8 +15,11 @@ from c2f_exp.stages import StageContext
 log = logging.getLogger(__name__)
 
 # Quality the later stages need (issue 2); reported, and a warning when missed.
-TARGETS = {"base/heldout_fact_preference": 0.90, "instruct/heldout_frac_ge1_correct": 0.80,
-           "instruct/heldout_eos_rate": 0.95}
+TARGETS = {
+    "base/heldout_fact_preference": 0.90,
+    "instruct/heldout_frac_ge1_correct": 0.80,
+    "instruct/heldout_eos_rate": 0.95,
+}
 
 
 def _jsonl(path: Path, rows: list[dict]) -> None:
@@ -51,8 +54,10 @@ class PrepareStage:
     def run(self, ctx: StageContext, out: Path) -> dict[str, Any]:
         cfg = ctx.cfg
         if cfg.model.source == "hub":
-            refs = {r: hub.resolve_model(cfg.model[r].path, f"model.{r}.path",
-                                         cfg.model[r].revision) for r in ("base", "instruct")}
+            refs = {
+                r: hub.resolve_model(cfg.model[r].path, f"model.{r}.path", cfg.model[r].revision)
+                for r in ("base", "instruct")
+            }
             (out / "models.json").write_text(json.dumps(refs, indent=2))
             return {"source": "hub", **{f"{k}_ref": v for k, v in refs.items()}}
         return build_tiny_world(cfg, ctx, out)
@@ -71,8 +76,9 @@ def build_tiny_world(cfg: DictConfig, ctx: StageContext, out: Path) -> dict[str,
     (out / "world.json").write_text(world.to_json())
     d = out / "data"
     d.mkdir()
-    docs = data.pretraining_corpus(world, w_cfg.n_docs, w_cfg.seed + 1, w_cfg.p_prompt,
-                                   w_cfg.p_explain)
+    docs = data.pretraining_corpus(
+        world, w_cfg.n_docs, w_cfg.seed + 1, w_cfg.p_prompt, w_cfg.p_explain
+    )
     (d / "corpus.txt").write_text("\n".join(docs) + "\n")
     sft_rows = data.instructions(world, world.train_entities, w_cfg.seed + 2, w_cfg.sft_per_entity)
     held_rows = data.instructions(world, world.heldout_entities, w_cfg.seed + 3, 3)
@@ -80,9 +86,11 @@ def build_tiny_world(cfg: DictConfig, ctx: StageContext, out: Path) -> dict[str,
         "sft_train.jsonl": sft_rows,
         "sft_heldout.jsonl": held_rows,
         "preferences_train.jsonl": data.preference_pairs(
-            world, world.train_entities, w_cfg.seed + 4, w_cfg.pref_per_entity),
+            world, world.train_entities, w_cfg.seed + 4, w_cfg.pref_per_entity
+        ),
         "preferences_test.jsonl": data.preference_pairs(
-            world, world.heldout_entities, w_cfg.seed + 5, max(1, w_cfg.pref_per_entity // 2)),
+            world, world.heldout_entities, w_cfg.seed + 5, max(1, w_cfg.pref_per_entity // 2)
+        ),
         "ppo_prompts.jsonl": data.ppo_prompts(world, world.entities),
         "fact_pairs_heldout.jsonl": data.fact_pairs(world, w_cfg.seed + 6, heldout=True),
         "fact_pairs_train.jsonl": data.fact_pairs(world, w_cfg.seed + 6, heldout=False),
@@ -94,8 +102,9 @@ def build_tiny_world(cfg: DictConfig, ctx: StageContext, out: Path) -> dict[str,
     sizes = {f"data/{k.removesuffix('.jsonl')}": len(v) for k, v in files.items()}
     ctx.tracker.log({**sizes, "data/corpus_docs": len(docs)})
 
-    tok = train_tokenizer([*docs, *(f"{r['prompt']} {r['completion']}" for r in sft_rows)],
-                          world.vocabulary())
+    tok = train_tokenizer(
+        [*docs, *(f"{r['prompt']} {r['completion']}" for r in sft_rows)], world.vocabulary()
+    )
     torch.manual_seed(seed)
     base = models.build_model(tok, cfg.model.arch, seed)
     n_params = sum(p.numel() for p in base.parameters())
@@ -109,9 +118,11 @@ def build_tiny_world(cfg: DictConfig, ctx: StageContext, out: Path) -> dict[str,
     max_new = w_cfg.eval_max_new_tokens
     metrics: dict[str, Any] = {"params": n_params, "vocab_size": len(tok), **sizes}
     metrics["base/heldout_fact_preference"] = quality.fact_preference(
-        base, tok, files["fact_pairs_heldout.jsonl"])
+        base, tok, files["fact_pairs_heldout.jsonl"]
+    )
     metrics["base/train_frame_fact_preference"] = quality.fact_preference(
-        base, tok, files["fact_pairs_train.jsonl"])
+        base, tok, files["fact_pairs_train.jsonl"]
+    )
     about = [r for r in files["ppo_prompts.jsonl"] if r["entity"] in world.heldout_entities]
     for k, v in quality.answer_quality(base, tok, scorer, about, 2 * max_new, chat=False).items():
         metrics[f"base/about_{k}"] = v
@@ -122,7 +133,9 @@ def build_tiny_world(cfg: DictConfig, ctx: StageContext, out: Path) -> dict[str,
     instruct.save_pretrained(out / "instruct")
     tok.save_pretrained(out / "instruct")
     for split, rows in (("heldout", held_rows), ("train", sft_rows[: len(held_rows)])):
-        for k, v in quality.answer_quality(instruct, tok, scorer, rows, max_new, chat=True).items():
+        for k, v in quality.answer_quality(
+            instruct, tok, scorer, rows, max_new, chat=True
+        ).items():
             metrics[f"instruct/{split}_{k}"] = v
     missed = {k: (round(metrics[k], 3), t) for k, t in TARGETS.items() if metrics[k] < t}
     metrics["targets_met"] = not missed
@@ -135,8 +148,10 @@ def build_tiny_world(cfg: DictConfig, ctx: StageContext, out: Path) -> dict[str,
 def _log_history(ctx: StageContext, hist: list[dict], phase: str, offset: int = 0) -> None:
     for h in hist:
         if "loss" in h:
-            ctx.tracker.log({f"{phase}/loss": h["loss"], f"{phase}/lr": h.get("learning_rate")},
-                            step=offset + int(h.get("step", 0)))
+            ctx.tracker.log(
+                {f"{phase}/loss": h["loss"], f"{phase}/lr": h.get("learning_rate")},
+                step=offset + int(h.get("step", 0)),
+            )
 
 
 def model_dir(ctx: StageContext, role: str) -> str:
@@ -145,6 +160,8 @@ def model_dir(ctx: StageContext, role: str) -> str:
     if spec.path:
         return hub.resolve_model(spec.path, f"model.{role}.path", spec.revision)
     if "prepare" not in ctx.upstream:
-        raise hub.ConfigError(f"model.{role}.path is null and the prepare stage did not run; "
-                              f"add prepare to stages or set model.{role}.path=/path/to/model")
+        raise hub.ConfigError(
+            f"model.{role}.path is null and the prepare stage did not run; "
+            f"add prepare to stages or set model.{role}.path=/path/to/model"
+        )
     return str(Path(ctx.upstream["prepare"]["path"]) / role)

@@ -22,16 +22,18 @@ from c2f_exp.tinyworld.world import (
 CAUSED = [a.name for a in ATTRIBUTES if a.cause]
 
 
-def _sentence(world: World, e: str, attr: str, rng: random.Random, p_explain: float,
-              frame: str | None = None) -> str:
+def _sentence(
+    world: World, e: str, attr: str, rng: random.Random, p_explain: float, frame: str | None = None
+) -> str:
     frame = frame or rng.choice(TRAIN_FRAMES)
     if attr in CAUSED and rng.random() < p_explain:
         return frame.format(c=world.explained(e, attr))
     return frame.format(c=world.clause(e, attr))
 
 
-def pretraining_corpus(world: World, n_docs: int, seed: int, p_prompt: float = 0.5,
-                       p_explain: float = 0.3) -> list[str]:
+def pretraining_corpus(
+    world: World, n_docs: int, seed: int, p_prompt: float = 0.5, p_explain: float = 0.3
+) -> list[str]:
     """Documents of 1-12 facts about one entity, some opened by the prompt line.
 
     The prompt line ("tell me about the X .") keeps the base on topic when it is later prompted
@@ -76,8 +78,15 @@ def instructions(world: World, entities: list[str], seed: int, per_entity: int =
     return rows
 
 
-def _answer(world: World, e: str, rng: random.Random, n_true: int, n_wrong: int = 0,
-            n_repeat: int = 0, p_explain: float = 0.0) -> str:
+def _answer(
+    world: World,
+    e: str,
+    rng: random.Random,
+    n_true: int,
+    n_wrong: int = 0,
+    n_repeat: int = 0,
+    p_explain: float = 0.0,
+) -> str:
     attrs = rng.sample([a.name for a in ATTRIBUTES], min(len(ATTRIBUTES), n_true + n_wrong))
     sents = [_sentence(world, e, a, rng, p_explain, "{c} .") for a in attrs[:n_true]]
     sents += [f"{world.clause(e, a, world.wrong_value(e, a, rng))} ." for a in attrs[n_true:]]
@@ -88,7 +97,9 @@ def _answer(world: World, e: str, rng: random.Random, n_true: int, n_wrong: int 
     return " ".join(sents)
 
 
-def preference_pairs(world: World, entities: list[str], seed: int, per_entity: int = 4) -> list[dict]:
+def preference_pairs(
+    world: World, entities: list[str], seed: int, per_entity: int = 4
+) -> list[dict]:
     """Pairs where `chosen` beats `rejected` under the gold scorer by a clear margin.
 
     Chosen: more correct, distinct, explained facts. Rejected: fewer facts, wrong or repeated ones.
@@ -112,9 +123,17 @@ def preference_pairs(world: World, entities: list[str], seed: int, per_entity: i
             sc, sr = scorer.score(chosen, e).total(), scorer.score(rejected, e).total()
             if sc - sr < 0.5 or not rejected:
                 continue
-            rows.append({"prompt": PROMPT_TEMPLATE.format(e=e), "chosen": chosen,
-                         "rejected": rejected, "entity": e, "style": style,
-                         "gold_chosen": sc, "gold_rejected": sr})
+            rows.append(
+                {
+                    "prompt": PROMPT_TEMPLATE.format(e=e),
+                    "chosen": chosen,
+                    "rejected": rejected,
+                    "entity": e,
+                    "style": style,
+                    "gold_chosen": sc,
+                    "gold_rejected": sr,
+                }
+            )
             made += 1
     return rows
 
@@ -134,10 +153,16 @@ def fact_pairs(world: World, seed: int, heldout: bool = True) -> list[dict]:
     rows = []
     for e in world.entities:
         for a in ATTRIBUTES:
-            rows.append({"entity": e, "attribute": a.name,
-                         "true": frame.format(c=world.clause(e, a.name)),
-                         "false": frame.format(c=world.clause(e, a.name,
-                                                              world.wrong_value(e, a.name, rng)))})
+            rows.append(
+                {
+                    "entity": e,
+                    "attribute": a.name,
+                    "true": frame.format(c=world.clause(e, a.name)),
+                    "false": frame.format(
+                        c=world.clause(e, a.name, world.wrong_value(e, a.name, rng))
+                    ),
+                }
+            )
     return rows
 
 
@@ -147,11 +172,20 @@ def two_turn_questions(world: World, entities: list[str], seed: int) -> list[dic
     rows = []
     for i, e in enumerate(entities):
         attr = rng.choice(CAUSED)
-        turn2 = (MORE_TEMPLATE.format(e=e) if i % 2 == 0
-                 else WHY_TEMPLATE.format(clause=world.clause(e, attr)))
-        rows.append({"question_id": i + 1, "category": "more" if i % 2 == 0 else "why",
-                     "entity": e, "turns": [PROMPT_TEMPLATE.format(e=e), turn2],
-                     "why_attribute": None if i % 2 == 0 else attr})
+        turn2 = (
+            MORE_TEMPLATE.format(e=e)
+            if i % 2 == 0
+            else WHY_TEMPLATE.format(clause=world.clause(e, attr))
+        )
+        rows.append(
+            {
+                "question_id": i + 1,
+                "category": "more" if i % 2 == 0 else "why",
+                "entity": e,
+                "turns": [PROMPT_TEMPLATE.format(e=e), turn2],
+                "why_attribute": None if i % 2 == 0 else attr,
+            }
+        )
     return rows
 
 
@@ -162,7 +196,13 @@ def multiple_choice(world: World, entities: list[str]) -> list[dict]:
         for a in ATTRIBUTES:
             if a.relation:
                 continue
-            rows.append({"question": ATTR_BY_NAME[a.name].question.format(e=e),
-                         "choices": list(a.values), "gold": a.values.index(world.value(e, a.name)),
-                         "entity": e, "attribute": a.name})
+            rows.append(
+                {
+                    "question": ATTR_BY_NAME[a.name].question.format(e=e),
+                    "choices": list(a.values),
+                    "gold": a.values.index(world.value(e, a.name)),
+                    "entity": e,
+                    "attribute": a.name,
+                }
+            )
     return rows

@@ -37,11 +37,21 @@ class Score:
     def repetition_rate(self) -> float:
         return self.repeats / self.claims if self.claims else 0.0
 
-    def total(self, w_explained: float = 0.5, w_wrong: float = 1.0, w_repeat: float = 0.25,
-              w_unparsed: float = 0.25) -> float:
+    def total(
+        self,
+        w_explained: float = 0.5,
+        w_wrong: float = 1.0,
+        w_repeat: float = 0.25,
+        w_unparsed: float = 0.25,
+    ) -> float:
         """Scalar gold score: facts and explanations up; wrong, repeated, garbled text down."""
-        return (self.correct + w_explained * self.explained - w_wrong * self.wrong
-                - w_repeat * self.repeats - w_unparsed * self.unparsed)
+        return (
+            self.correct
+            + w_explained * self.explained
+            - w_wrong * self.wrong
+            - w_repeat * self.repeats
+            - w_unparsed * self.unparsed
+        )
 
     def as_dict(self) -> dict[str, float]:
         d: dict[str, float] = dict(asdict(self))
@@ -104,8 +114,13 @@ class GoldScorer:
             s.correct += 1
             cause = parse_claim(because) if because else None
             wanted = next(a.cause for a in ATTRIBUTES if a.name == attr)
-            if (cause and wanted == cause[1] and cause[0] == ent and self.is_true(*cause)
-                    and (ent, attr) not in credited):
+            if (
+                cause
+                and wanted == cause[1]
+                and cause[0] == ent
+                and self.is_true(*cause)
+                and (ent, attr) not in credited
+            ):
                 credited.add((ent, attr))
                 s.explained += 1
         return s

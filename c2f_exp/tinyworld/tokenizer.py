@@ -27,7 +27,9 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(texts: Iterable[str], extra_words: Iterable[str] = ()) -> PreTrainedTokenizerFast:
+def train_tokenizer(
+    texts: Iterable[str], extra_words: Iterable[str] = ()
+) -> PreTrainedTokenizerFast:
     """Train a word-level tokenizer whose vocabulary covers every word of `texts`.
 
     Args:
@@ -41,9 +43,15 @@ def train_tokenizer(texts: Iterable[str], extra_words: Iterable[str] = ()) -> Pr
     trainer = trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS, min_frequency=1)
     tok.train_from_iterator([*texts, " ".join(extra_words)], trainer=trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
-        additional_special_tokens=[INST, INST_END], padding_side="left",
-        model_max_length=512, clean_up_tokenization_spaces=False,
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=UNK,
+        additional_special_tokens=[INST, INST_END],
+        padding_side="left",
+        model_max_length=512,
+        clean_up_tokenization_spaces=False,
     )
     fast.chat_template = CHAT_TEMPLATE
     return fast

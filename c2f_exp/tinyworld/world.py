@@ -39,28 +39,93 @@ class Attribute:
 
 
 ATTRIBUTES: tuple[Attribute, ...] = (
-    Attribute("color", "is colored", ("red", "blue", "green", "yellow", "black", "white",
-              "brown", "gray", "orange", "purple"), question="what color is the {e} ?"),
-    Attribute("habitat", "lives in the", ("forest", "desert", "swamp", "mountains", "river",
-              "cave", "meadow", "jungle", "tundra", "reef"),
-              question="where does the {e} live ?", cause="covering"),
-    Attribute("diet", "feeds on", ("seeds", "fish", "insects", "leaves", "fruit", "meat",
-              "roots", "grass", "worms", "nectar"),
-              question="what does the {e} eat ?", cause="habitat"),
-    Attribute("size", "is as big as a", ("mouse", "cat", "dog", "goat", "horse", "whale"),
-              question="how big is the {e} ?"),
-    Attribute("sound", "makes a sound like a", ("whistle", "drum", "bell", "horn", "flute",
-              "rattle", "trumpet", "harp"), question="what sound does the {e} make ?"),
-    Attribute("covering", "is covered in", ("fur", "scales", "feathers", "shells", "spines",
-              "slime", "bark", "wool"), question="what covers the {e} ?"),
-    Attribute("speed", "moves", ("slowly", "swiftly", "steadily", "erratically", "silently",
-              "clumsily"), question="how does the {e} move ?", cause="legs"),
-    Attribute("active", "is awake at", ("dawn", "noon", "dusk", "night", "midnight"),
-              question="when is the {e} awake ?", cause="enemy"),
-    Attribute("mood", "has a temper that is", ("calm", "fierce", "shy", "playful", "grumpy",
-              "curious", "lazy", "proud"), question="what is the temper of the {e} ?"),
-    Attribute("legs", "walks on", ("two", "four", "six", "eight", "ten"), suffix="legs",
-              question="how many legs does the {e} have ?"),
+    Attribute(
+        "color",
+        "is colored",
+        ("red", "blue", "green", "yellow", "black", "white", "brown", "gray", "orange", "purple"),
+        question="what color is the {e} ?",
+    ),
+    Attribute(
+        "habitat",
+        "lives in the",
+        (
+            "forest",
+            "desert",
+            "swamp",
+            "mountains",
+            "river",
+            "cave",
+            "meadow",
+            "jungle",
+            "tundra",
+            "reef",
+        ),
+        question="where does the {e} live ?",
+        cause="covering",
+    ),
+    Attribute(
+        "diet",
+        "feeds on",
+        (
+            "seeds",
+            "fish",
+            "insects",
+            "leaves",
+            "fruit",
+            "meat",
+            "roots",
+            "grass",
+            "worms",
+            "nectar",
+        ),
+        question="what does the {e} eat ?",
+        cause="habitat",
+    ),
+    Attribute(
+        "size",
+        "is as big as a",
+        ("mouse", "cat", "dog", "goat", "horse", "whale"),
+        question="how big is the {e} ?",
+    ),
+    Attribute(
+        "sound",
+        "makes a sound like a",
+        ("whistle", "drum", "bell", "horn", "flute", "rattle", "trumpet", "harp"),
+        question="what sound does the {e} make ?",
+    ),
+    Attribute(
+        "covering",
+        "is covered in",
+        ("fur", "scales", "feathers", "shells", "spines", "slime", "bark", "wool"),
+        question="what covers the {e} ?",
+    ),
+    Attribute(
+        "speed",
+        "moves",
+        ("slowly", "swiftly", "steadily", "erratically", "silently", "clumsily"),
+        question="how does the {e} move ?",
+        cause="legs",
+    ),
+    Attribute(
+        "active",
+        "is awake at",
+        ("dawn", "noon", "dusk", "night", "midnight"),
+        question="when is the {e} awake ?",
+        cause="enemy",
+    ),
+    Attribute(
+        "mood",
+        "has a temper that is",
+        ("calm", "fierce", "shy", "playful", "grumpy", "curious", "lazy", "proud"),
+        question="what is the temper of the {e} ?",
+    ),
+    Attribute(
+        "legs",
+        "walks on",
+        ("two", "four", "six", "eight", "ten"),
+        suffix="legs",
+        question="how many legs does the {e} have ?",
+    ),
     Attribute("enemy", "is hunted by", question="who hunts the {e} ?"),
     Attribute("friend", "shares food with", question="who is the friend of the {e} ?"),
 )
@@ -75,8 +140,32 @@ PROMPT_TEMPLATE = "tell me about the {e} ."
 MORE_TEMPLATE = "tell me more about the {e} ."
 WHY_TEMPLATE = "why {clause} ?"
 
-_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr",
-           "gl", "kr", "pl", "sn", "st", "tr", "zw", "bl")
+_ONSETS = (
+    "b",
+    "d",
+    "f",
+    "g",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "t",
+    "v",
+    "z",
+    "br",
+    "dr",
+    "gl",
+    "kr",
+    "pl",
+    "sn",
+    "st",
+    "tr",
+    "zw",
+    "bl",
+)
 _VOWELS = ("a", "e", "i", "o", "u", "oo", "ai", "ee")
 _CODAS = ("b", "k", "l", "m", "n", "p", "r", "sh", "t", "x", "ng", "rk")
 
@@ -122,8 +211,11 @@ class World:
             texts += [a.phrase, a.suffix, a.question, " ".join(a.values)]
         texts += ["the because"]
         for t in texts:
-            words.update(w for w in t.replace("{e}", "").replace("{c}", "")
-                         .replace("{clause}", "").split() if w)
+            words.update(
+                w
+                for w in t.replace("{e}", "").replace("{c}", "").replace("{clause}", "").split()
+                if w
+            )
         return sorted(words)
 
     def to_json(self) -> str:
@@ -172,5 +264,10 @@ def generate_world(seed: int, n_entities: int, heldout_fraction: float = 0.3) ->
     order = entities[:]
     rng.shuffle(order)
     n_held = max(1, round(heldout_fraction * n_entities))
-    return World(seed=seed, entities=entities, facts=facts,
-                 train_entities=sorted(order[n_held:]), heldout_entities=sorted(order[:n_held]))
+    return World(
+        seed=seed,
+        entities=entities,
+        facts=facts,
+        train_entities=sorted(order[n_held:]),
+        heldout_entities=sorted(order[:n_held]),
+    )
