@@ -14,6 +14,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 from c2f_exp.errors import bad_value
+from c2f_exp.evaluation.config import EvalConf
+from c2f_exp.merging.config import MergerConf
 
 DTYPES = ("float32", "bfloat16", "float16")
 STAGE_ORDER = ("prepare", "reward", "coarse", "merge", "eval")
@@ -118,6 +120,8 @@ class C2FConfig:
     data: DataConf = field(default_factory=DataConf)
     tracker: TrackerConf = field(default_factory=TrackerConf)
     paths: PathsConf = field(default_factory=PathsConf)
+    merger: MergerConf = field(default_factory=MergerConf)
+    eval: EvalConf = field(default_factory=EvalConf)
 
 
 def register() -> None:

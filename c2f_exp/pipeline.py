@@ -76,6 +76,8 @@ def _run_stage(
             result = _read_result(art)
             if (art / "metrics.jsonl").is_file():
                 shutil.copy(art / "metrics.jsonl", stage_dir / "metrics.jsonl")
+            if hasattr(stage, "publish"):  # copy run-facing files (e.g. eval's report)
+                stage.publish(art, stage_dir)
             log.info("stage %s: reused %s", stage.name, art)
         else:
             status = "done"

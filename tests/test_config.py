@@ -41,7 +41,7 @@ def test_default_is_tiny_c2f(compose):
     plain, tiny = compose(), compose(["+experiment=tiny_c2f"])
     drop = lambda c: OmegaConf.to_container(c, resolve=False)
     assert drop(plain) == drop(tiny)
-    assert plain.model.source == "tinyworld" and plain.stages == ["prepare"]
+    assert plain.model.source == "tinyworld" and plain.stages == ["prepare", "eval"]
 
 
 def test_mistral_has_instruct_partner(compose):

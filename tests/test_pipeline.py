@@ -23,8 +23,9 @@ def micro_run(tmp_path_factory):
 
 def test_prepare_micro_end_to_end(micro_run):
     m = read_manifest(micro_run)
-    (entry,) = m["stages"]
-    assert entry["stage"] == "prepare" and entry["status"] == "done"
+    assert [s["stage"] for s in m["stages"]] == ["prepare", "eval"]  # the default stages
+    entry = m["stages"][0]
+    assert entry["status"] == "done"
     art = Path(entry["path"])
     assert (art / "DONE").is_file() and (art / "result.json").is_file()
     for role in ("base", "instruct"):
@@ -53,6 +54,28 @@ def test_prepare_micro_end_to_end(micro_run):
     lines = (micro_run / "run" / "prepare" / "metrics.jsonl").read_text().splitlines()
     assert any("pretrain/loss" in json.loads(x) for x in lines)
     assert not list(art.parent.glob(".tmp-*")), "temp dirs left behind"
+
+
+def test_default_run_writes_eval_report(micro_run):
+    ev = read_manifest(micro_run)["stages"][1]
+    assert ev["status"] == "done"
+    report = (micro_run / "run" / "eval" / "report.md").read_text()
+    assert "| base |" in report.replace(" base | instruct |", "| base |")
+    results = json.loads((micro_run / "run" / "eval" / "results.json").read_text())
+    assert {"base", "instruct"} <= set(json.dumps(results).replace('"', " ").split())
+
+
+def test_standalone_merge_cli(micro_run, tmp_path):
+    art = Path(read_manifest(micro_run)["stages"][0]["path"])
+    args = ["stages=[merge]", "tracker=none", f"merger.base={art / 'base'}",
+            f"merger.instruct={art / 'instruct'}", f"merger.coarse={art / 'instruct'}",
+            "merger.coefficient=0.5"]
+    proc = run_cli(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (entry,) = read_manifest(tmp_path)["stages"]
+    assert (Path(entry["path"]) / "merge_recipe.json").is_file()
+    bad = run_cli([*args[:-1], "merger.coefficient=[0.1,0.2,0.3]"], tmp_path / "bad")
+    assert bad.returncode == 2 and "merger.coefficient" in bad.stderr
 
 
 def test_trained_models_load_and_generate(micro_run):

@@ -37,6 +37,8 @@ class Stage(Protocol):
 
 
 def registry() -> dict[str, Stage]:
+    from c2f_exp.stages.evaluate import EvalStage
+    from c2f_exp.stages.merge import MergeStage
     from c2f_exp.stages.prepare import PrepareStage
 
-    return {s.name: s for s in (PrepareStage(),)}
+    return {s.name: s for s in (PrepareStage(), MergeStage(), EvalStage())}

