@@ -16,6 +16,9 @@ from omegaconf import MISSING, DictConfig
 from c2f_exp.errors import bad_value
 from c2f_exp.evaluation.config import EvalConf
 from c2f_exp.merging.config import MergerConf
+from c2f_exp.rl.coarse_config import CoarseConf, DistributedConf
+from c2f_exp.rl.config import LengthScheduleConf
+from c2f_exp.rl.reward_config import RewardConf
 
 DTYPES = ("float32", "bfloat16", "float16")
 STAGE_ORDER = ("prepare", "reward", "coarse", "merge", "eval")
@@ -120,6 +123,10 @@ class C2FConfig:
     data: DataConf = field(default_factory=DataConf)
     tracker: TrackerConf = field(default_factory=TrackerConf)
     paths: PathsConf = field(default_factory=PathsConf)
+    reward: RewardConf = field(default_factory=RewardConf)
+    length_schedule: LengthScheduleConf = field(default_factory=LengthScheduleConf)
+    coarse: CoarseConf = field(default_factory=CoarseConf)
+    distributed: DistributedConf = field(default_factory=DistributedConf)
     merger: MergerConf = field(default_factory=MergerConf)
     eval: EvalConf = field(default_factory=EvalConf)
 
@@ -154,6 +161,7 @@ def validate(cfg: DictConfig, implemented: tuple[str, ...]) -> None:
         raise bad_value("stages", list(cfg.stages), "in pipeline order " + ", ".join(STAGE_ORDER))
     if len(set(cfg.stages)) != len(cfg.stages):
         raise bad_value("stages", list(cfg.stages), "a list without repeats")
+    _validate_groups(cfg)
     _choice("model.source", cfg.model.source, ("tinyworld", "hub"))
     _choice("data.source", cfg.data.source, ("tinyworld", "hub"))
     _choice("tracker.backend", cfg.tracker.backend, ("wandb", "none"))
@@ -196,3 +204,21 @@ def validate(cfg: DictConfig, implemented: tuple[str, ...]) -> None:
                     cfg.model[role].path,
                     "a hub id or a local model directory for model.source=hub",
                 )
+
+
+def _validate_groups(cfg: DictConfig) -> None:
+    """Each listed stage's own group checks (no I/O), before any stage runs."""
+    from c2f_exp.evaluation.config import validate_eval
+    from c2f_exp.merging.config import validate_merger
+    from c2f_exp.rl.coarse_config import validate_coarse
+    from c2f_exp.rl.reward_config import validate_reward
+
+    checks = {
+        "reward": lambda: validate_reward(cfg),
+        "coarse": lambda: validate_coarse(cfg),
+        "merge": lambda: validate_merger(cfg.merger),
+        "eval": lambda: validate_eval(cfg),
+    }
+    for stage in cfg.stages:
+        if stage in checks:
+            checks[stage]()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     cache = Path(cfg.paths.cache_dir)
     manifest: dict[str, Any] = {"experiment": cfg.experiment_name, "stages": []}
     tracker = Tracker(
-        cfg.tracker,
+        cfg.tracker if _rank() == 0 else OmegaConf.create({"backend": "none"}),
         run_dir,
         _cfg(cfg),
         group=cfg.experiment_name,
@@ -51,7 +53,8 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             entry = _run_stage(stage, cfg, run_dir, cache / name / key, key, tracker, upstream)
             upstream[name] = entry
             manifest["stages"].append(entry)
-            artifacts.write_json_atomic(run_dir / "manifest.json", manifest)
+            if _rank() == 0:
+                artifacts.write_json_atomic(run_dir / "manifest.json", manifest)
         exit_code = 0
     finally:
         tracker.finish(exit_code)
@@ -67,6 +70,8 @@ def _run_stage(
     tracker: Tracker,
     upstream: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
+    if _rank() != 0:  # no tracker.stage(): followers log nothing
+        return _run_follower(stage, cfg, run_dir, art, key, tracker, upstream)
     stage_dir = run_dir / stage.name
     tracker.stage(stage.name, stage_dir)
     t0 = time.time()
@@ -99,6 +104,47 @@ def _run_stage(
         "path": str(art),
         "config_hash": key,
         "seconds": round(time.time() - t0, 2) if status == "reused" else result["seconds"],
+        "metrics": result["metrics"],
+    }
+
+
+def _rank() -> int:
+    """This process's rank under `accelerate launch` / torchrun (0 otherwise)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def _run_follower(
+    stage: Any,
+    cfg: DictConfig,
+    run_dir: Path,
+    art: Path,
+    key: str,
+    tracker: Tracker,
+    upstream: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """Rank > 0 under `accelerate launch`: run the stage beside rank 0, write nothing.
+
+    Distributed stages need every rank in their collectives, so followers run them too: no
+    claim lock (rank 0 holds it and waits for us), the same work dir (checkpoints written by
+    all ranks resume together), and a throwaway artifact dir (rank 0 owns the artifact).
+    """
+    t0 = time.time()
+    if artifacts.is_complete(art) and not cfg.force:
+        result, status = _read_result(art), "reused"
+    else:
+        work = art.with_name(art.name + ".work")
+        work.mkdir(parents=True, exist_ok=True)
+        ctx = StageContext(cfg, run_dir, run_dir / stage.name, work, tracker, dict(upstream))
+        with tempfile.TemporaryDirectory(prefix=f"{stage.name}-rank{_rank()}-") as tmp:
+            result, status = {"metrics": stage.run(ctx, Path(tmp))}, "done"
+        while not artifacts.is_complete(art):  # rank 0 renames it into place: later stages read it
+            time.sleep(0.5)
+    return {
+        "stage": stage.name,
+        "status": status,
+        "path": str(art),
+        "config_hash": key,
+        "seconds": round(time.time() - t0, 2),
         "metrics": result["metrics"],
     }
 

@@ -20,9 +20,12 @@ def test_experiments_exist():
 @pytest.mark.parametrize("exp", EXPERIMENTS)
 @pytest.mark.parametrize("micro", [False, True])
 def test_every_experiment_composes_and_validates(compose, exp, micro):
-    cfg = compose([f"+experiment={exp}"] + (["debug=micro"] if micro else []))
+    cfg = compose(
+        [f"+experiment={exp}", "stages=[prepare,reward,coarse,merge,eval]"]
+        + (["debug=micro"] if micro else [])
+    )
     assert cfg.experiment_name == exp
-    validate(cfg, tuple(registry()))
+    validate(cfg, tuple(registry()))  # includes every stage group's own checks
     if micro:  # micro must shrink any experiment, whatever it selects
         micro_cfg = OmegaConf.load(CONF / "debug" / "micro.yaml")
         assert cfg.model.pretrain.steps == micro_cfg.model.pretrain.steps
@@ -41,7 +44,13 @@ def test_default_is_tiny_c2f(compose):
     plain, tiny = compose(), compose(["+experiment=tiny_c2f"])
     drop = lambda c: OmegaConf.to_container(c, resolve=False)
     assert drop(plain) == drop(tiny)
-    assert plain.model.source == "tinyworld" and plain.stages == ["prepare", "eval"]
+    assert plain.model.source == "tinyworld" and list(plain.stages) == [
+        "prepare",
+        "reward",
+        "coarse",
+        "merge",
+        "eval",
+    ]
 
 
 def test_mistral_has_instruct_partner(compose):
@@ -65,6 +74,9 @@ def test_wrong_type_fails_at_composition_naming_key(compose):
     "override,needle",
     [
         ("tracker.mode=onlien", "tracker.mode"),
+        ("length_schedule.l_min=512", "length_schedule"),
+        ("merger.filter=sometimes", "merger.filter"),
+        ("coarse.batch_size=0", "coarse.batch_size"),
         ("model.base.dtype=fp8", "model.base.dtype"),
         ("stages=[prepare,bogus]", "stages[1]"),
         ("model.pretrain.lr=0", "model.pretrain.lr"),
@@ -73,7 +85,8 @@ def test_wrong_type_fails_at_composition_naming_key(compose):
     ],
 )
 def test_bad_values_give_named_error(compose, override, needle):
-    cfg = compose([override])
+    all_stages = "stages=[prepare,reward,coarse,merge,eval]"
+    cfg = compose([override] if override.startswith("stages=") else [override, all_stages])
     with pytest.raises(ConfigError) as e:
         validate(cfg, tuple(registry()))
     msg = str(e.value)

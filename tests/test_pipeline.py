@@ -23,7 +23,8 @@ def micro_run(tmp_path_factory):
 
 def test_prepare_micro_end_to_end(micro_run):
     m = read_manifest(micro_run)
-    assert [s["stage"] for s in m["stages"]] == ["prepare", "eval"]  # the default stages
+    stages = [s["stage"] for s in m["stages"]]
+    assert stages == ["prepare", "reward", "coarse", "merge", "eval"]  # the default: all
     entry = m["stages"][0]
     assert entry["status"] == "done"
     art = Path(entry["path"])
@@ -57,19 +58,29 @@ def test_prepare_micro_end_to_end(micro_run):
 
 
 def test_default_run_writes_eval_report(micro_run):
-    ev = read_manifest(micro_run)["stages"][1]
+    ev = read_manifest(micro_run)["stages"][-1]
     assert ev["status"] == "done"
     report = (micro_run / "run" / "eval" / "report.md").read_text()
     assert "| base |" in report.replace(" base | instruct |", "| base |")
     results = json.loads((micro_run / "run" / "eval" / "results.json").read_text())
-    assert {"base", "instruct"} <= set(json.dumps(results).replace('"', " ").split())
+    names = set(json.dumps(results).replace('"', " ").split())
+    assert {"base", "instruct", "coarse", "fine"} <= names
+    art = {s["stage"]: Path(s["path"]) for s in read_manifest(micro_run)["stages"]}
+    assert (art["coarse"] / "actor" / "model.safetensors").is_file()
+    assert (art["coarse"] / "length_trace.csv").is_file()
+    assert (art["merge"] / "merge_recipe.json").is_file()
 
 
 def test_standalone_merge_cli(micro_run, tmp_path):
     art = Path(read_manifest(micro_run)["stages"][0]["path"])
-    args = ["stages=[merge]", "tracker=none", f"merger.base={art / 'base'}",
-            f"merger.instruct={art / 'instruct'}", f"merger.coarse={art / 'instruct'}",
-            "merger.coefficient=0.5"]
+    args = [
+        "stages=[merge]",
+        "tracker=none",
+        f"merger.base={art / 'base'}",
+        f"merger.instruct={art / 'instruct'}",
+        f"merger.coarse={art / 'instruct'}",
+        "merger.coefficient=0.5",
+    ]
     proc = run_cli(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (entry,) = read_manifest(tmp_path)["stages"]

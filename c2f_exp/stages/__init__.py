@@ -37,8 +37,13 @@ class Stage(Protocol):
 
 
 def registry() -> dict[str, Stage]:
+    from c2f_exp.stages.coarse import CoarseStage
     from c2f_exp.stages.evaluate import EvalStage
     from c2f_exp.stages.merge import MergeStage
     from c2f_exp.stages.prepare import PrepareStage
+    from c2f_exp.stages.reward import RewardStage
 
-    return {s.name: s for s in (PrepareStage(), MergeStage(), EvalStage())}
+    return {
+        s.name: s
+        for s in (PrepareStage(), RewardStage(), CoarseStage(), MergeStage(), EvalStage())
+    }

@@ -1,0 +1,398 @@
+"""Bradley-Terry reward models: encoding, scoring, training (TRL), checks, preference data.
+
+One encoding serves training and scoring, so the reward the PPO loop sees is the reward the
+model was trained on:
+* `plain` (tiny world, as the base model sees text): `<s> {prompt} {response}</s>`;
+* `chat` (hub models): the tokenizer's chat template over the prompt turns plus the response.
+The score is the classification logit at the last non-pad token (the appended EOS).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from c2f_exp.errors import C2FError, ConfigError
+
+log = logging.getLogger(__name__)
+Prompt = str | list[dict[str, str]]  # plain text, or chat turns [{"role", "content"}, ...]
+FORMAT_KEY = "c2f_reward_format"  # stored in the reward model's config.json
+
+
+class EmptyPreferenceSetError(C2FError):
+    """A preference set has no usable pairs."""
+
+
+def encode(tok: PreTrainedTokenizerBase, prompt: Prompt, response: str, fmt: str) -> list[int]:
+    """Token ids of one (prompt, response) as the reward model reads it, ending with EOS."""
+    if fmt == "plain":
+        text = prompt if isinstance(prompt, str) else " ".join(m["content"] for m in prompt)
+        ids = [tok.bos_token_id, *tok(f"{text} {response}", add_special_tokens=False).input_ids]
+    else:
+        turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        text = tok.apply_chat_template(
+            [*turns, {"role": "assistant", "content": response}], tokenize=False
+        )
+        ids = tok(text, add_special_tokens=False).input_ids
+    return ids if ids and ids[-1] == tok.eos_token_id else [*ids, tok.eos_token_id]
+
+
+@torch.no_grad()
+def score_ids(
+    model: PreTrainedModel, ids: list[list[int]], pad_id: int, batch_size: int = 32
+) -> torch.Tensor:
+    """Scores of token sequences, right-padded (positions as in training). Returns (N,)."""
+    model.eval()
+    dev = next(model.parameters()).device
+    out = []
+    for i in range(0, len(ids), batch_size):
+        chunk = ids[i : i + batch_size]
+        width = max(map(len, chunk))
+        x = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(x)
+        for j, row in enumerate(chunk):
+            x[j, : len(row)] = torch.tensor(row)
+            mask[j, : len(row)] = 1
+        logits = model(input_ids=x.to(dev), attention_mask=mask.to(dev)).logits
+        out.append(logits[:, 0].float().cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def score_texts(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    prompts: list[Prompt],
+    responses: list[str],
+    batch_size: int = 32,
+    fmt: str | None = None,
+) -> torch.Tensor:
+    """Reward of each (prompt, response) pair. Returns (N,) float32 on CPU.
+
+    `fmt` defaults to the format the model was trained with (its config's `c2f_reward_format`).
+    """
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    fmt = fmt or getattr(model.config, FORMAT_KEY, "plain")
+    ids = [encode(tok, p, r, fmt) for p, r in zip(prompts, responses, strict=True)]
+    return score_ids(model, ids, tok.pad_token_id, batch_size)
+
+
+def load_reward_model(
+    ref: str, dtype: torch.dtype | None = None, trainable: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A saved reward model and its tokenizer (frozen and in eval mode unless `trainable`)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(ref)
+    model = AutoModelForSequenceClassification.from_pretrained(ref, dtype=dtype)
+    if not trainable:
+        model.eval().requires_grad_(False)
+    return model, tok
+
+
+def check_compatible(rm_ref: str, policy_ref: str, key: str = "reward.path") -> None:
+    """Raise ConfigError unless `rm_ref` is a one-output classifier with the policy's vocabulary.
+
+    The critic starts from the reward model and the PPO loop scores the policy's text with it, so
+    a different tokenizer (another model family, a resized vocabulary) is refused up front.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        conf = AutoConfig.from_pretrained(rm_ref)
+        rm_tok, pol_tok = (
+            AutoTokenizer.from_pretrained(rm_ref),
+            AutoTokenizer.from_pretrained(policy_ref),
+        )
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"{key}={rm_ref} cannot be loaded as a reward model with its tokenizer "
+            f"({type(e).__name__}); point {key} at a saved reward model"
+        ) from None
+    archs = conf.architectures or []
+    if conf.num_labels != 1 or not any(a.endswith("ForSequenceClassification") for a in archs):
+        raise ConfigError(
+            f"{key}={rm_ref} is not a one-output sequence-classification model "
+            f"(architectures {archs}, num_labels {conf.num_labels}); point {key} at "
+            "a reward model, or set it to null to train one"
+        )
+    rm_vocab, pol_vocab = rm_tok.get_vocab(), pol_tok.get_vocab()
+    if rm_vocab != pol_vocab:
+        differ = len(set(rm_vocab.items()) ^ set(pol_vocab.items()))
+        raise ConfigError(
+            f"{key}={rm_ref} has a tokenizer vocabulary that differs from the "
+            f"policy's ({policy_ref}): {len(rm_vocab)} vs {len(pol_vocab)} tokens, "
+            f"{differ} entries differ; use a reward model trained from the policy's "
+            f"model family, or set {key}=null to train one"
+        )
+
+
+def pairwise_accuracy(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    pairs: list[dict],
+    fmt: str,
+    batch_size: int = 32,
+) -> dict[str, float]:
+    """Share of pairs with score(chosen) > score(rejected), and the mean margin."""
+    ch = score_texts(
+        model, tok, [p["prompt"] for p in pairs], [p["chosen"] for p in pairs], batch_size, fmt
+    )
+    rj = score_texts(
+        model, tok, [p["prompt"] for p in pairs], [p["rejected"] for p in pairs], batch_size, fmt
+    )
+    return {
+        "accuracy": (ch > rj).float().mean().item(),
+        "margin": (ch - rj).mean().item(),
+        "n_pairs": len(pairs),
+    }
+
+
+def require_pairs(pairs: list[dict], what: str) -> list[dict]:
+    """Raise EmptyPreferenceSetError naming `what` if there are no pairs."""
+    if not pairs:
+        raise EmptyPreferenceSetError(
+            f"the preference set {what} has no pairs; point reward at a "
+            "non-empty set (prompt/chosen/rejected rows)"
+        )
+    return pairs
+
+
+_TURN = re.compile(r"\n\n(Human|Assistant): ")
+
+
+def hh_to_turns(text: str) -> list[dict[str, str]] | None:
+    """'\\n\\nHuman: a\\n\\nAssistant: b' -> chat turns; None unless user/assistant alternate."""
+    parts = _TURN.split(text)
+    if parts[0].strip():
+        return None
+    turns = [
+        {"role": "user" if r == "Human" else "assistant", "content": c.strip()}
+        for r, c in zip(parts[1::2], parts[2::2], strict=True)
+    ]
+    roles = [t["role"] for t in turns]
+    if not turns or roles != ["user", "assistant"] * (len(turns) // 2) or len(turns) % 2:
+        return None
+    return turns
+
+
+def hh_pairs(ref: str, split: str, limit: int | None) -> list[dict]:
+    """Anthropic HH-RLHF style rows (chosen/rejected transcripts) -> chat pairs.
+
+    Returns rows {"prompt": turns before the last reply, "chosen": str, "rejected": str}; rows
+    whose transcripts do not alternate or do not share the prompt turns are dropped (counted).
+    """
+    from datasets import load_dataset
+
+    p = Path(ref)
+    ds = (
+        load_dataset("json", data_files=str(p), split="train")
+        if p.is_file()
+        else load_dataset(ref, split=split)
+    )
+    rows, dropped = [], 0
+    for ex in ds:
+        c, r = hh_to_turns(ex["chosen"]), hh_to_turns(ex["rejected"])
+        if c is None or r is None or c[:-1] != r[:-1] or c[-1]["content"] == r[-1]["content"]:
+            dropped += 1
+            continue
+        rows.append({"prompt": c[:-1], "chosen": c[-1]["content"], "rejected": r[-1]["content"]})
+        if limit and len(rows) >= limit:
+            break
+    log.info("%s[%s]: %d pairs, %d malformed rows dropped", ref, split, len(rows), dropped)
+    return rows
+
+
+def hub_pairs(r: Any) -> tuple[list[dict], list[dict]]:
+    """(train, test) chat pairs of the `reward` config's hub data set; train is [] with a path."""
+    from c2f_exp import hub
+
+    ref = hub.resolve_dataset(r.dataset, "reward.dataset")
+    test = require_pairs(
+        hh_pairs(ref, r.test_split, r.max_test_pairs), f"{r.dataset}[{r.test_split}]"
+    )
+    if r.path:  # no training: the test split is all we need
+        return [], test
+    return require_pairs(
+        hh_pairs(ref, r.train_split, r.max_train_pairs), f"{r.dataset}[{r.train_split}]"
+    ), test
+
+
+def init_reward_model(
+    src: str, fmt: str, seed: int, template_src: Callable[[], str] | None = None
+) -> tuple[Any, Any]:
+    """A fresh one-output classifier from model `src`, ready for `train_reward_model`.
+
+    The pad token is the tokenizer's, else <unk> (never EOS: the score is read at the EOS). For
+    `chat` with a tokenizer that has no chat template (a base model), the template of
+    `template_src()` (the instruct partner) is used.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(src)
+    if tok.pad_token is None:
+        tok.pad_token = tok.unk_token or tok.eos_token
+    if fmt == "chat" and not tok.chat_template and template_src is not None:
+        tok.chat_template = AutoTokenizer.from_pretrained(template_src()).chat_template
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        src, num_labels=1, dtype=torch.float32
+    )
+    model.config.pad_token_id = tok.pad_token_id
+    setattr(model.config, FORMAT_KEY, fmt)
+    return model, tok
+
+
+def train_reward_model(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    pairs: list[dict],
+    fmt: str,
+    tcfg: Any,
+    workdir: Path,
+    seed: int,
+) -> list[dict]:
+    """Bradley-Terry training with TRL's RewardTrainer on pre-encoded pairs (same `encode`).
+
+    Returns the trainer's log history.
+    """
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    cols = {
+        "chosen_ids": [encode(tok, p["prompt"], p["chosen"], fmt) for p in pairs],
+        "rejected_ids": [encode(tok, p["prompt"], p["rejected"], fmt) for p in pairs],
+    }
+    if all("margin" in p for p in pairs):  # -log sigmoid(r_c - r_r - margin), Llama 2 eq. 2
+        cols["margin"] = [float(p["margin"]) for p in pairs]
+    ds = Dataset.from_dict(cols)
+    args = RewardConfig(
+        output_dir=str(workdir),
+        per_device_train_batch_size=tcfg.batch_size,
+        gradient_accumulation_steps=tcfg.grad_accum,
+        learning_rate=tcfg.lr,
+        num_train_epochs=tcfg.epochs,
+        max_steps=tcfg.max_steps,
+        warmup_steps=float(tcfg.warmup_ratio),
+        weight_decay=tcfg.weight_decay,
+        lr_scheduler_type="cosine",
+        max_length=tcfg.max_length,
+        center_rewards_coefficient=tcfg.center_rewards_coefficient,
+        bf16=tcfg.bf16,
+        use_cpu=not torch.cuda.is_available(),
+        activation_checkpointing=tcfg.gradient_checkpointing,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=5,
+        seed=seed,
+        disable_tqdm=False,
+        dataloader_num_workers=0,
+    )
+    trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+    if len(trainer.train_dataset) == 0:
+        raise EmptyPreferenceSetError(
+            f"every preference pair is longer than "
+            f"reward.train.max_length={tcfg.max_length} tokens; raise it"
+        )
+    trainer.train()
+    return trainer.state.log_history
+
+
+@dataclass
+class Sampled:
+    """`k` answers sampled per prompt (grouped: rows i*k .. i*k+k-1) with their gold totals."""
+
+    prompts: list[str]
+    texts: list[str]
+    gold: torch.Tensor  # (N,)
+    k: int
+
+    def pairs(self) -> Iterator[tuple[int, int, float]]:
+        """(i, j, gold_i - gold_j) for every pair of one prompt's answers whose gold differs."""
+        for start in range(0, len(self.prompts), self.k):
+            for i, j in itertools.combinations(range(start, start + self.k), 2):
+                if self.gold[i] != self.gold[j]:
+                    yield i, j, float(self.gold[i] - self.gold[j])
+
+
+class TinyWorldLabeller:
+    """The tiny world's stand-in for human labellers: answers sampled from a policy, ordered by
+    the gold scorer (InstructGPT labels the model's own samples the same way)."""
+
+    def __init__(self, prepared: Path, policy_dir: str):
+        from c2f_exp.tinyworld.scorer import GoldScorer
+        from c2f_exp.tinyworld.world import World
+
+        self.world = World.load(prepared / "world.json")
+        self.scorer = GoldScorer(self.world)
+        lines = (prepared / "data" / "ppo_prompts.jsonl").read_text().splitlines()
+        self.prompts = [json.loads(x) for x in lines if x.strip()]
+        self.policy_dir, self._policy = policy_dir, None
+
+    def sample(self, entities: list[str], k: int, max_new: int, seed: int, limit=None) -> Sampled:
+        """`k` answers per "tell me about" prompt of `entities` (at most `limit` prompts)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from c2f_exp.tinyworld.quality import generate
+
+        if self._policy is None:
+            d = self.policy_dir
+            self._policy = (
+                AutoModelForCausalLM.from_pretrained(d),
+                AutoTokenizer.from_pretrained(d),
+            )
+        rows = [p for p in self.prompts if p["entity"] in set(entities)][:limit]
+        torch.manual_seed(seed)
+        prompts = [r["prompt"] for r in rows for _ in range(k)]
+        texts = [t for t, _, _ in generate(*self._policy, prompts, max_new, False, do_sample=True)]
+        gold = [self.scorer.score(t, rows[n // k]["entity"]).total() for n, t in enumerate(texts)]
+        return Sampled(prompts, texts, torch.tensor(gold), k)
+
+
+def gold_pairs(s: Sampled, min_margin: float, margin_scale: float = 0.0) -> list[dict]:
+    """Preference pairs of sampled answers whose gold totals differ by >= `min_margin`; the BT
+    margin is `margin_scale` times the gold difference."""
+    return [
+        {
+            "prompt": s.prompts[i],
+            "chosen": s.texts[i if d > 0 else j],
+            "rejected": s.texts[j if d > 0 else i],
+            "margin": margin_scale * abs(d),
+        }
+        for i, j, d in s.pairs()
+        if abs(d) >= min_margin
+    ]
+
+
+def gold_agreement(
+    rm: PreTrainedModel, tok: PreTrainedTokenizerBase, s: Sampled, batch_size: int = 32
+) -> dict[str, float]:
+    """Share of sampled pairs (gold totals differ) that the reward model orders like the gold
+    scorer (a tie in reward counts as disagreement); also for gold gaps >= 1 and Pearson r."""
+    r = score_texts(rm, tok, s.prompts, s.texts, batch_size, "plain")
+    hits = [(float(r[i] - r[j]) * d > 0, abs(d) >= 1) for i, j, d in s.pairs()]
+    big = [ok for ok, is_big in hits if is_big]
+    corr = torch.corrcoef(torch.stack([s.gold, r]))[0, 1].item()
+    return {  # None where undefined (no pairs, constant scores): JSON has no NaN
+        "gold_agreement": sum(ok for ok, _ in hits) / len(hits) if hits else None,
+        "gold_pairs": len(hits),
+        "gold_agreement_gap1": sum(big) / len(big) if big else None,
+        "gold_pearson": corr if math.isfinite(corr) else None,
+        "sampled_mean_gold": s.gold.mean().item(),
+    }
+
+
+def reward_model_ref(artifact: Path) -> str:
+    """The reward model of a `reward` artifact: its `model/` dir, or the hub id it points to."""
+    ref = artifact / "model_ref.json"
+    return json.loads(ref.read_text())["ref"] if ref.is_file() else str(artifact / "model")

@@ -1,0 +1,157 @@
+"""Batched rollouts with the length limit in force (DESIGN §2.1).
+
+Prompts are left-padded so every row's last prompt token sits in the same column and new tokens
+are appended in lock-step with a KV cache. A row stops at its first EOS (later columns are
+padding, masked out); a row that reaches `limit` new tokens without EOS is *truncated* — the
+statistic Continuous Maximization gates on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Rollout:
+    """One batch of prompts and sampled responses.
+
+    Attributes:
+        prompt_ids: (B, P) left-padded prompt tokens.
+        prompt_mask: (B, P) 1 for real prompt tokens.
+        response_ids: (B, T) sampled tokens, `pad_id` after the first EOS; T <= limit.
+        response_mask: (B, T) 1 for generated tokens up to and including the first EOS.
+        truncated: (B,) bool, True where no EOS came within `limit` tokens.
+        limit: the length limit the batch was generated under.
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    truncated: torch.Tensor
+    limit: int
+
+    @property
+    def sequences(self) -> torch.Tensor:
+        """(B, P + T) prompt followed by response."""
+        return torch.cat([self.prompt_ids, self.response_ids], 1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """(B, P + T)."""
+        return torch.cat([self.prompt_mask, self.response_mask], 1)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """(B,) number of generated tokens per row (EOS included)."""
+        return self.response_mask.sum(1)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.response_mask.sum())
+
+    def select(self, idx: torch.Tensor) -> Rollout:
+        """Rows `idx` (e.g. a rank's share of a batch)."""
+        return Rollout(
+            self.prompt_ids[idx],
+            self.prompt_mask[idx],
+            self.response_ids[idx],
+            self.response_mask[idx],
+            self.truncated[idx],
+            self.limit,
+        )
+
+
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) positions counting only real tokens, so left padding does not shift RoPE."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def encode_prompts(tok, prompts: list[str], prefix: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokenize `prefix + prompt` without special tokens, left-padded.
+
+    Returns:
+        ids: (B, P) token ids; mask: (B, P) 1 for real tokens.
+    """
+    enc = [tok(prefix + p, add_special_tokens=False).input_ids for p in prompts]
+    width = max(map(len, enc))
+    ids = torch.full((len(enc), width), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(enc), width), dtype=torch.long)
+    for i, e in enumerate(enc):
+        if e:
+            ids[i, width - len(e) :] = torch.tensor(e)
+            mask[i, width - len(e) :] = 1
+    return ids, mask
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_k: int, greedy: bool) -> torch.Tensor:
+    """(B, V) logits -> (B,) token ids."""
+    if greedy:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if 0 < top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, -1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(torch.softmax(logits, -1), 1).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    limit: int,
+    eos_id: int,
+    pad_id: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    greedy: bool = False,
+) -> Rollout:
+    """Sample up to `limit` new tokens per row with a KV cache; rows stop at EOS.
+
+    Args:
+        model: a causal LM (HF interface: input_ids, attention_mask, position_ids,
+            past_key_values, use_cache) returning `.logits` (B, L, V).
+        prompt_ids, prompt_mask: (B, P) left-padded prompts.
+        limit: the rollout length limit l(t) (maximum new tokens).
+        temperature, top_k: sampling settings (top_k=0: full distribution).
+        greedy: argmax decoding (evaluation).
+
+    Returns:
+        A `Rollout`; the loop ends early when every row has produced EOS.
+    """
+    if limit < 1:
+        raise ValueError(f"rollout limit must be >= 1 (got {limit})")
+    was_training = model.training
+    model.eval()
+    dev = prompt_ids.device
+    b = prompt_ids.shape[0]
+    mask = prompt_mask.clone()
+    pos = position_ids(mask)
+    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=pos, use_cache=True)
+    next_pos = pos[:, -1:] + 1
+    tokens, alive_cols = [], []
+    done = torch.zeros(b, dtype=torch.bool, device=dev)
+    for t in range(limit):
+        nxt = _sample(out.logits[:, -1, :], temperature, top_k, greedy)
+        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+        tokens.append(nxt)
+        alive_cols.append(~done)
+        done = done | (nxt == eos_id)
+        if bool(done.all()) or t == limit - 1:
+            break
+        mask = torch.cat([mask, mask.new_ones(b, 1)], 1)  # rows past EOS: ignored later
+        out = model(
+            input_ids=nxt[:, None],
+            attention_mask=mask,
+            position_ids=next_pos,
+            past_key_values=out.past_key_values,
+            use_cache=True,
+        )
+        next_pos = next_pos + 1
+    model.train(was_training)
+    resp = torch.stack(tokens, 1)
+    resp_mask = torch.stack(alive_cols, 1).long()
+    return Rollout(prompt_ids, prompt_mask, resp, resp_mask, ~done, limit)

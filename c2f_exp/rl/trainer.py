@@ -1,0 +1,277 @@
+"""The Coarse Actor's PPO loop: rollout under l(t), experience, PPO epochs, l(t+1), checkpoints.
+
+One iteration t (DESIGN §2.1): sample the global batch's prompts, generate under the limit in
+force, score with the frozen reward model (a NaN/inf batch is skipped and counted), build the
+experience, run `ppo_epochs` passes of minibatch updates over policy and critic (one optimizer,
+two parameter groups), then feed the batch's pre-update statistics to the length schedule.
+
+Works in one process or under `accelerate launch` (DDP or DeepSpeed ZeRO): each process
+generates its share of the batch; statistics the schedule sees are gathered, so every process
+computes the same limit. Only the main process logs and writes trace files; checkpoints go
+through `accelerator.save_state` (model, optimizer, every process's RNG) plus
+`trainer_state.json` (step, schedule, KL controller, trace), into a temp dir renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from c2f_exp.artifacts import write_json_atomic
+from c2f_exp.errors import C2FError
+from c2f_exp.rl import ppo
+from c2f_exp.rl.critic import build_optimizer
+from c2f_exp.rl.experience import Experience, check_scores, make_experience
+from c2f_exp.rl.length_schedules import LengthStats
+from c2f_exp.rl.rollout import encode_prompts, generate
+
+log = logging.getLogger(__name__)
+STATE = "trainer_state.json"
+TRACE_COLUMNS = ("step", "limit", "reward", "value", "gate", "truncation_rate")
+TRACE_COLUMNS += ("mean_response_length", "kl", "entropy", "tokens_total", "tokens_per_s")
+LOSS_KEYS = ("pg_loss", "vf_loss", "clipfrac", "vf_clipfrac", "approx_kl", "entropy")
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # next iteration to run
+    bad_batches: int = 0
+    tokens: int = 0  # generated tokens so far, all processes
+    resumed_from: int | None = None
+    trace: list[dict[str, Any]] = field(default_factory=list)
+
+
+def latest_checkpoint(work_dir: Path) -> Path | None:
+    """The newest complete checkpoint (`ckpt-*` holding trainer_state.json), or None."""
+    done = sorted(p for p in work_dir.glob("ckpt-*") if (p / STATE).is_file())
+    return done[-1] if done else None
+
+
+class CoarseTrainer:
+    """PPO with a length schedule over `prompts` (plain text; `reward_prompts`: what the reward
+    model reads, default the same). `log_fn(metrics, step)` runs on the main process only."""
+
+    def __init__(
+        self,
+        c: Any,
+        accelerator: Any,
+        model: torch.nn.Module,
+        ref_model: Any,
+        reward_fn: Callable,
+        schedule: Any,
+        kl_ctl: Any,
+        tok: Any,
+        prompts: list[str],
+        prefix: str,
+        work_dir: Path,
+        log_fn: Callable[[dict, int], None],
+        seed: int,
+        reward_prompts: list | None = None,
+    ):
+        self.c, self.acc, self.ref, self.reward_fn = c, accelerator, ref_model, reward_fn
+        self.schedule, self.kl_ctl, self.tok, self.prompts = schedule, kl_ctl, tok, prompts
+        self.prefix, self.work_dir, self.log_fn, self.seed = prefix, work_dir, log_fn, seed
+        self.reward_prompts = reward_prompts or prompts
+        n = accelerator.num_processes
+        if c.batch_size % n or c.minibatch_size % n:
+            msg = f"coarse.batch_size ({c.batch_size}) and minibatch_size ({c.minibatch_size})"
+            raise ValueError(f"{msg} must be multiples of the {n} processes")
+        self.local_batch, self.local_mb = c.batch_size // n, c.minibatch_size // n
+        self.model, self.opt = accelerator.prepare(model, build_optimizer(model, c))
+        self.state = TrainState()
+
+    # ---- one iteration -------------------------------------------------------------------
+    def step_prompts(self, step: int) -> list[int]:
+        """This process's prompt indices for iteration `step`: epochs of seeded permutations."""
+        b, n = self.c.batch_size, len(self.prompts)
+        lo, hi = step * b, (step + 1) * b
+        gen, epochs = torch.Generator(), range(lo // n, (hi - 1) // n + 1)
+        perms = {e: torch.randperm(n, generator=gen.manual_seed(self.seed + e)) for e in epochs}
+        idx = [int(perms[g // n][g % n]) for g in range(lo, hi)]
+        r = self.acc.process_index
+        return idx[r * self.local_batch : (r + 1) * self.local_batch]
+
+    @contextlib.contextmanager
+    def _policy_for_generation(self) -> Iterator[torch.nn.Module]:
+        inner = self.acc.unwrap_model(self.model)
+        plugin = getattr(self.acc.state, "deepspeed_plugin", None)
+        if plugin is not None and plugin.zero_stage == 3:  # gather the sharded weights
+            import deepspeed
+            from trl.models.utils import add_hooks, remove_hooks
+
+            with deepspeed.zero.GatheredParameters(list(inner.policy.parameters())):
+                remove_hooks(self.model)
+                yield inner.policy
+                add_hooks(self.model)
+        else:
+            yield inner.policy
+
+    def run_step(self, step: int) -> dict[str, Any] | None:
+        """One PPO iteration. Returns the logged row, or None for a skipped (bad) batch."""
+        c, t0, tok, dev = self.c, time.time(), self.tok, self.acc.device
+        idx = self.step_prompts(step)
+        ids, mask = encode_prompts(tok, [self.prompts[i] for i in idx], self.prefix)
+        limit = self.schedule.limit
+        with self._policy_for_generation() as policy:
+            ids, mask, special = ids.to(dev), mask.to(dev), (tok.eos_token_id, tok.pad_token_id)
+            ro = generate(policy, ids, mask, limit, *special, c.temperature, c.top_k)
+        t_gen = time.time() - t0
+        scores = self.reward_fn([self.reward_prompts[i] for i in idx], ro).to(dev)
+        all_scores = self.acc.gather(scores).cpu()
+        if not check_scores(all_scores, self.state.bad_batches, c.max_bad_batches, step):
+            self.state.bad_batches += 1
+            return None
+        exp = make_experience(self.model, self.ref, ro, scores, c, self.kl_ctl.value)
+        upd = self.ppo_update(exp)
+        per_seq = {"value": exp.values[:, 0], "trunc": ro.truncated, "len": ro.lengths}
+        per_seq.update(kl=exp.kl.sum(1), seq_reward=exp.seq_rewards)
+        g = {k: self.acc.gather(v.float()).cpu() for k, v in per_seq.items()}
+        red = {k: self.acc.reduce(torch.tensor(v, device=dev), "mean") for k, v in upd.items()}
+        upd = {k: float(v) for k, v in red.items()}
+        r_mean, v_mean = all_scores.mean().item(), g["value"].mean().item()
+        trunc = g["trunc"].mean().item()
+        row = {"step": step, "limit": limit, "reward": r_mean, "value": v_mean}
+        row.update(kl_coef=self.kl_ctl.value, kl=g["kl"].mean().item())
+        self.kl_ctl.update(row["kl"], c.batch_size)
+        stats = LengthStats(step, r_mean, v_mean, trunc, all_scores.tolist())
+        row["next_limit"] = self.schedule.update(stats)
+        last = self.schedule.last
+        row.update(gate=last.get("gate", float("nan")), z=last.get("z", float("nan")))
+        row.update(truncation_rate=trunc, mean_response_length=g["len"].mean().item())
+        row.update(reward_std=all_scores.std().item(), seq_reward=g["seq_reward"].mean().item())
+        tokens, dt = int(g["len"].sum()), time.time() - t0
+        self.state.tokens += tokens
+        row.update(upd, tokens=tokens, tokens_total=self.state.tokens, seconds=dt)
+        row.update(tokens_per_s=tokens / dt, gen_tokens_per_s=tokens / max(t_gen, 1e-9))
+        return {**row, "bad_batches": self.state.bad_batches}
+
+    def ppo_update(self, exp: Experience) -> dict[str, float]:
+        """`ppo_epochs` passes of shuffled minibatch updates. Returns mean statistics."""
+        c, b = self.c, exp.sequences.shape[0]
+        p_len = exp.sequences.shape[1] - exp.response_ids.shape[1]
+        sums, n = dict.fromkeys(LOSS_KEYS, 0.0), 0
+        self.model.train()
+        for _ in range(c.ppo_epochs):
+            perm = torch.randperm(b)
+            for i in range(0, b, self.local_mb):
+                e = exp.select(perm[i : i + self.local_mb])
+                t = int(e.mask.sum(1).max())  # drop columns past the longest response here
+                full = (e.sequences, e.attention_mask, e.position_ids)
+                seq, attn, pos = (x[:, : p_len + t] for x in full)
+                m, old_v, old_lp = e.mask[:, :t], e.values[:, :t], e.old_logprobs[:, :t]
+                logits, values = self.model(seq, attn, pos, t)
+                logits = logits / c.temperature  # the distribution the rollout sampled from
+                logp = ppo.logprobs_from_logits(logits, e.response_ids[:, :t])
+                adv, ret = e.advantages[:, :t], e.returns[:, :t]
+                pg, clipfrac, approx_kl = ppo.policy_loss(logp, old_lp, adv, m, c.cliprange)
+                vf, vf_clip = ppo.value_loss(values, old_v, ret, m, c.cliprange_value)
+                self.acc.backward(pg + c.vf_coef * vf)
+                if self.acc.sync_gradients:
+                    self.acc.clip_grad_norm_(self.model.parameters(), c.max_grad_norm)
+                self.opt.step()
+                self.opt.zero_grad()
+                with torch.no_grad():
+                    ent = ppo.masked_mean(ppo.entropy_from_logits(logits), m)
+                losses = (pg, vf, clipfrac, vf_clip, approx_kl, ent)
+                for k, v in zip(LOSS_KEYS, losses, strict=True):
+                    sums[k] += float(v.detach())
+                n += 1
+        return {k: v / n for k, v in sums.items()}
+
+    # ---- loop, checkpoints -----------------------------------------------------------------
+    def train(self) -> TrainState:
+        """Run (or resume) all iterations; returns the final state (trace included)."""
+        from tqdm.auto import tqdm
+
+        ckpt = latest_checkpoint(self.work_dir)
+        if ckpt is not None:
+            self.load_checkpoint(ckpt)
+        c, main = self.c, self.acc.is_main_process
+        bar = tqdm(total=c.steps, initial=self.state.step, desc="coarse PPO", disable=not main)
+        while self.state.step < c.steps and not self.budget_spent():
+            step = self.state.step
+            row = self.run_step(step)
+            self.state.step += 1
+            if row is not None:
+                self.state.trace.append(row)
+                if main:
+                    self.log_fn(row, step)
+                length = f"{row['mean_response_length']:.0f}"
+                bar.set_postfix(reward=f"{row['reward']:.2f}", limit=row["limit"], len=length)
+            bar.update(1)
+            more = self.state.step < c.steps and not self.budget_spent()
+            if more and self.state.step % c.checkpoint_every == 0:
+                self.save_checkpoint()
+        bar.close()
+        return self.state
+
+    def budget_spent(self) -> bool:
+        return bool(self.c.token_budget) and self.state.tokens >= self.c.token_budget
+
+    def save_checkpoint(self) -> Path:
+        """Write `ckpt-<step>` atomically: temp dir, then rename; keep the newest few."""
+        acc, step = self.acc, self.state.step
+        final, tmp = self.work_dir / f"ckpt-{step:06d}", self.work_dir / f".tmp-ckpt-{step:06d}"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp), safe_serialization=False)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            extra = {"schedule": self.schedule.state_dict(), "kl": self.kl_ctl.state_dict()}
+            write_json_atomic(tmp / STATE, {"train": asdict(self.state), **extra})
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            for old in sorted(self.work_dir.glob("ckpt-*"))[: -self.c.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+            log.info("checkpoint: %s", final)
+        acc.wait_for_everyone()
+        return final
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Restore model, optimizer, RNG (accelerate) and step/schedule/KL/trace state."""
+        d = json.loads((path / STATE).read_text())
+        try:
+            self.schedule.load_state_dict(d["schedule"])
+        except ValueError as e:
+            fix = f"remove {path.parent} to start over"
+            raise C2FError(f"checkpoint {path} does not match this run ({e}); {fix}") from None
+        self.kl_ctl.load_state_dict(d["kl"])
+        self.acc.load_state(str(path))
+        self.state = TrainState(**{**d["train"], "resumed_from": d["train"]["step"]})
+        log.info("resumed from checkpoint %s (step %d of %d)", path, self.state.step, self.c.steps)
+
+
+def write_trace(rows: list[dict], out: Path) -> None:
+    """`length_trace.csv` (DESIGN §5 columns first) and `length_trace.png`."""
+    cols = list(TRACE_COLUMNS) + sorted({k for r in rows for k in r} - set(TRACE_COLUMNS))
+    with open(out / "length_trace.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 1, figsize=(7, 7), sharex=True)
+    panels = (("limit", "mean_response_length"), ("reward", "value"), ("gate", "truncation_rate"))
+    for ax, keys in zip(axes, panels, strict=True):
+        for k in keys:
+            ax.plot([r["step"] for r in rows], [r.get(k) for r in rows], label=k)
+        ax.legend(loc="best", fontsize=8)
+    axes[-1].set_xlabel("PPO iteration")
+    fig.suptitle("Coarse Actor: length limit and its gate")
+    fig.tight_layout()
+    fig.savefig(out / "length_trace.png", dpi=100)
+    plt.close(fig)

@@ -1,0 +1,145 @@
+"""`coarse` stage: the Coarse Actor — PPO on the *base* model with Continuous Maximization.
+
+Policy and frozen reference = base; critic from the reward model (`coarse.critic_init`); frozen
+reward model; limit from `length_schedule`. Artifact: `actor/` (HF model + tokenizer),
+`length_trace.csv/.png`. Checkpoints in the work dir (a killed run resumes); only rank 0 writes.
+Math: c2f_exp/rl/ppo.py; loop: c2f_exp/rl/trainer.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from c2f_exp import hub
+from c2f_exp.errors import ConfigError
+from c2f_exp.stages import StageContext
+from c2f_exp.stages.prepare import model_dir
+
+log = logging.getLogger(__name__)
+FINAL = ("limit", "reward", "value", "truncation_rate", "mean_response_length", "kl")
+
+
+class CoarseStage:
+    name = "coarse"
+
+    def config_subtree(self, cfg: DictConfig) -> dict[str, Any]:
+        sub = {"coarse": cfg.coarse, "length_schedule": cfg.length_schedule, "seed": cfg.seed}
+        sub["policy"] = cfg.model.base
+        return OmegaConf.to_container(OmegaConf.create(sub), resolve=True)
+
+    def preflight(self, cfg: DictConfig) -> None:
+        from c2f_exp.rl.coarse_config import validate_coarse
+
+        validate_coarse(cfg)
+        if cfg.coarse.reward_model:
+            hub.resolve_model(cfg.coarse.reward_model, "coarse.reward_model")
+        elif "reward" not in cfg.stages:
+            fix = "add reward to stages (stages=[prepare,reward,coarse])"
+            raise ConfigError(f"coarse needs a reward model: {fix} or set coarse.reward_model")
+
+    def run(self, ctx: StageContext, out: Path) -> dict[str, Any]:
+        import torch
+        from transformers import AutoTokenizer
+
+        from c2f_exp.rl import critic, ppo
+        from c2f_exp.rl.experience import load_prompts, make_reward_fn
+        from c2f_exp.rl.length_schedules import build_schedule
+        from c2f_exp.rl.trainer import CoarseTrainer, write_trace
+
+        cfg, c = ctx.cfg, ctx.cfg.coarse
+        base, rm_ref = model_dir(ctx, "base"), reward_model(ctx)
+        prep = _prepared(ctx) if cfg.data.source == "tinyworld" else None
+        texts, reward_prompts, eval_rows = load_prompts(cfg, prep)
+        acc = critic.build_accelerator(cfg.get("distributed"), c)
+        torch.manual_seed(cfg.seed + acc.process_index)  # each process samples its own rollouts
+        tok = AutoTokenizer.from_pretrained(base)
+        model, ref, rm, rm_tok = critic.build_models(acc, base, rm_ref, c)
+        reward_fn = make_reward_fn(rm, rm_tok, tok, c.forward_batch_size)
+        kl_ctl = ppo.build_kl_controller(c.kl_controller, c.kl_coef, c.kl_target, c.kl_horizon)
+        schedule, prefix = build_schedule(cfg.length_schedule), c.prompt_prefix
+        prefix = prefix.format(bos=tok.bos_token or "")
+        log_fn, work = ctx.tracker.log, ctx.work_dir
+        trainer = CoarseTrainer(
+            c,
+            acc,
+            model,
+            ref,
+            reward_fn,
+            schedule,
+            kl_ctl,
+            tok,
+            texts,
+            prefix,
+            work,
+            log_fn,
+            cfg.seed,
+            reward_prompts,
+        )
+        state = trainer.train()
+        full = acc.get_state_dict(trainer.model)  # gathers ZeRO-3 shards: every rank calls it
+        metrics = {"steps": state.step, "bad_batches": state.bad_batches}
+        metrics.update(tokens_generated=state.tokens, resumed_from_step=state.resumed_from)
+        if acc.is_main_process:
+            sd = {k.removeprefix("policy."): v for k, v in full.items() if k[:7] == "policy."}
+            acc.unwrap_model(trainer.model).policy.save_pretrained(out / "actor", state_dict=sd)
+            tok.save_pretrained(out / "actor")
+            write_trace(state.trace, out)
+            last = state.trace[-1] if state.trace else {}
+            metrics.update({f"final_{k}": last.get(k) for k in FINAL})
+            if eval_rows:
+                metrics.update(gold_eval(ctx, base, out / "actor", eval_rows))
+            ctx.tracker.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        acc.wait_for_everyone()
+        return metrics
+
+
+def reward_model(ctx: StageContext) -> str:
+    """The frozen reward model: `coarse.reward_model`, else the reward stage's artifact.
+
+    Raises ConfigError if it is no one-output classifier or its vocabulary is not the policy's.
+    """
+    from c2f_exp.rl import reward_model as rmod
+
+    c, base = ctx.cfg.coarse, model_dir(ctx, "base")
+    if c.reward_model:
+        ref, key = hub.resolve_model(c.reward_model, "coarse.reward_model"), "coarse.reward_model"
+    elif "reward" in ctx.upstream:
+        ref, key = rmod.reward_model_ref(Path(ctx.upstream["reward"]["path"])), "reward"
+    else:
+        raise ConfigError(
+            "coarse needs a reward model: add reward to stages or set "
+            "coarse.reward_model=/path/to/reward_model"
+        )
+    rmod.check_compatible(ref, base, key)
+    return ref
+
+
+def _prepared(ctx: StageContext) -> Path:
+    if "prepare" not in ctx.upstream:
+        fix = "add prepare to stages (stages=[prepare,reward,coarse])"
+        raise ConfigError(f"the tiny world's coarse stage needs its prompts: {fix}")
+    return Path(ctx.upstream["prepare"]["path"])
+
+
+def gold_eval(ctx: StageContext, base: str, actor: Path, rows: list[dict]) -> dict[str, Any]:
+    """Greedy answers of base and Coarse Actor on held-out prompts, scored by the gold scorer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from c2f_exp.tinyworld import quality
+    from c2f_exp.tinyworld.scorer import GoldScorer
+    from c2f_exp.tinyworld.world import World
+
+    scorer, ls = GoldScorer(World.load(_prepared(ctx) / "world.json")), ctx.cfg.length_schedule
+    n = ctx.cfg.coarse.eval_max_new_tokens or ls.l_max or max(ls.limits)
+    tok, out = AutoTokenizer.from_pretrained(base), {}
+    for role, path in (("base", base), ("actor", str(actor))):
+        model = AutoModelForCausalLM.from_pretrained(path)
+        for k, v in quality.answer_quality(model, tok, scorer, rows, n, chat=False).items():
+            out[f"{role}/heldout_{k}"] = v
+    facts = out["base/heldout_facts_per_answer"], out["actor/heldout_facts_per_answer"]
+    log.info("gold facts per held-out answer: base %.2f, Coarse Actor %.2f", *facts)
+    return out

@@ -1,0 +1,148 @@
+"""`reward` stage: a Bradley-Terry reward model (TRL RewardTrainer) on preference pairs.
+
+Artifact: `model/`, an HF sequence-classification directory (num_labels 1, tokenizer alongside,
+pad_token_id and the input format `c2f_reward_format` in its config). With `reward.path` set, the
+stage trains nothing: it checks that model against the policy's vocabulary, links it as
+`model/` (or records a hub id in `model_ref.json`) and evaluates it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from c2f_exp import hub
+from c2f_exp.errors import ConfigError
+from c2f_exp.rl import reward_model as rmod
+from c2f_exp.rl.reward_config import validate_reward
+from c2f_exp.rl.reward_model import score_texts  # noqa: F401  (public: used by coarse, eval)
+from c2f_exp.stages import StageContext
+from c2f_exp.stages.prepare import model_dir, read_jsonl
+
+log = logging.getLogger(__name__)
+
+
+class RewardStage:
+    name = "reward"
+
+    def config_subtree(self, cfg: DictConfig) -> dict[str, Any]:
+        r = cfg.reward
+        init = None if r.path else cfg.model[r.init]
+        sub = {"reward": r, "seed": cfg.seed, "policy": cfg.model.base, "init": init}
+        return OmegaConf.to_container(OmegaConf.create(sub), resolve=True)
+
+    def preflight(self, cfg: DictConfig) -> None:
+        validate_reward(cfg)
+        r = cfg.reward
+        if r.path:
+            ref = hub.resolve_model(r.path, "reward.path")
+            policy = cfg.model.base.path
+            if policy and Path(ref).is_dir() and Path(policy).expanduser().is_dir():
+                rmod.check_compatible(ref, policy)
+        elif r.source == "hub":
+            hub.resolve_dataset(r.dataset, "reward.dataset")
+
+    def run(self, ctx: StageContext, out: Path) -> dict[str, Any]:
+        r = ctx.cfg.reward
+        prep = _prepared(ctx) if r.source == "tinyworld" else None
+        train, test = _tiny_pairs(prep, r) if prep else rmod.hub_pairs(r)
+        labeller = rmod.TinyWorldLabeller(prep, model_dir(ctx, "base")) if prep else None
+        if r.path:
+            ref = hub.resolve_model(r.path, "reward.path")
+            rmod.check_compatible(ref, model_dir(ctx, "base"))
+            if Path(ref).is_dir():
+                (out / "model").symlink_to(Path(ref).resolve(), target_is_directory=True)
+            else:
+                (out / "model_ref.json").write_text(json.dumps({"ref": ref}))
+            model, tok = rmod.load_reward_model(ref)
+            metrics: dict[str, Any] = {"trained": False}
+        else:
+            if labeller and r.onpolicy.enabled:
+                o = r.onpolicy
+                sampled = labeller.sample(
+                    labeller.world.train_entities,
+                    o.samples_per_prompt,
+                    o.max_new_tokens,
+                    ctx.cfg.seed + 2,
+                )
+                train = train + rmod.gold_pairs(sampled, o.min_margin, r.train.margin_scale)
+            model, tok, metrics = _train(ctx, train, test, out)
+        acc = rmod.pairwise_accuracy(model, tok, test, r.format, r.eval_batch_size)
+        metrics.update(test_pairs=len(test), test_accuracy=acc["accuracy"])
+        metrics["test_margin"] = acc["margin"]
+        if labeller and r.gold.enabled:
+            g = r.gold
+            sampled = labeller.sample(
+                labeller.world.heldout_entities,
+                g.samples_per_prompt,
+                g.max_new_tokens,
+                ctx.cfg.seed + 1,
+                g.max_prompts,
+            )
+            metrics.update(rmod.gold_agreement(model, tok, sampled, r.eval_batch_size))
+        numbers = {f"reward/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+        ctx.tracker.log(numbers)
+        log.info("reward model: %s", metrics)
+        return metrics
+
+
+def _train(ctx: StageContext, train: list[dict], test: list[dict], out: Path) -> tuple:
+    """Train from `reward.init` and save to `out/model`. Returns (model, tok, metrics)."""
+    r, seed = ctx.cfg.reward, ctx.cfg.seed
+    rmod.require_pairs(train, "for training")
+    model, tok = rmod.init_reward_model(
+        model_dir(ctx, r.init), r.format, seed, lambda: model_dir(ctx, "instruct")
+    )
+    init_acc = rmod.pairwise_accuracy(model, tok, test, r.format, r.eval_batch_size)
+    t0 = time.time()
+    hist = rmod.train_reward_model(model, tok, train, r.format, r.train, ctx.work_dir / "rm", seed)
+    seconds = round(time.time() - t0, 2)
+    metrics = {"trained": True, "train_pairs": len(train), "train_seconds": seconds}
+    metrics["test_accuracy_init"] = init_acc["accuracy"]
+    for h in (h for h in hist if "loss" in h):
+        step = int(h.get("step", 0))
+        ctx.tracker.log({"reward/loss": h["loss"], "reward/batch_accuracy": h["accuracy"]}, step)
+    model.eval().requires_grad_(False)
+    model.save_pretrained(out / "model")
+    tok.save_pretrained(out / "model")
+    return model, tok, metrics
+
+
+def _prepared(ctx: StageContext) -> Path:
+    if "prepare" not in ctx.upstream:
+        raise ConfigError(
+            "reward.source=tinyworld needs the prepare stage's data; add prepare to stages "
+            "(stages=[prepare,reward])"
+        )
+    return Path(ctx.upstream["prepare"]["path"])
+
+
+def _tiny_pairs(prep: Path, r: DictConfig) -> tuple[list[dict], list[dict]]:
+    """(train, test) pairs from prepare's data/preferences_*.jsonl; the BT margin is
+    `reward.train.margin_scale` times the gold difference the file records."""
+    out = []
+    for split, limit in (("train", r.max_train_pairs), ("test", r.max_test_pairs)):
+        path = prep / "data" / f"preferences_{split}.jsonl"
+        if not path.is_file():
+            raise ConfigError(
+                f"{path} does not exist; run the prepare stage, or point "
+                "reward.path at a trained reward model"
+            )
+        rows = [
+            {
+                "prompt": p["prompt"],
+                "chosen": p["chosen"],
+                "rejected": p["rejected"],
+                "margin": m * (p["gold_chosen"] - p["gold_rejected"])
+                if (m := r.train.margin_scale)
+                else 0.0,
+            }
+            for p in read_jsonl(path)[:limit]
+        ]
+        out.append(rmod.require_pairs(rows, str(path)) if split == "test" or not r.path else rows)
+    return out[0], out[1]

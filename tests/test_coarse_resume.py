@@ -1,0 +1,80 @@
+"""A coarse run killed with SIGKILL and started again with the same command resumes and finishes.
+
+The run is the coarse stage driven in a subprocess (tests/test_coarse.py's driver), slowed per
+step so the kill lands after the first checkpoint and before the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from test_coarse import ROOT, build_micro_world, coarse_cfg, read_trace
+
+STEPS, EVERY = 6, 2
+
+
+def _cmd(tmp: Path) -> list[str]:
+    return [
+        sys.executable,
+        str(ROOT / "tests" / "test_coarse.py"),
+        str(tmp / "cfg.yaml"),
+        str(tmp / "up.json"),
+        str(tmp / "out"),
+        str(tmp / "work"),
+        str(tmp / "run"),
+        "0.4",
+    ]
+
+
+def _steps_logged(tmp: Path) -> list[int]:
+    path = tmp / "run" / "coarse" / "metrics.jsonl"
+    rows = [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
+    return [r["step"] for r in rows if "limit" in r]
+
+
+def test_sigkill_then_same_command_resumes(tmp_path):
+    up = build_micro_world(tmp_path)
+    cfg = coarse_cfg({"coarse": {"steps": STEPS, "checkpoint_every": EVERY, "eval_prompts": 0}})
+    OmegaConf.save(cfg, tmp_path / "cfg.yaml")
+    (tmp_path / "up.json").write_text(json.dumps(up))
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        _cmd(tmp_path),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    while not list((tmp_path / "work").glob("ckpt-*")) and time.time() < deadline:
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole process group: no cleanup runs
+    proc.wait()
+    ckpt = sorted((tmp_path / "work").glob("ckpt-*"))[-1]
+    at = int(ckpt.name.split("-")[1])
+    first = _steps_logged(tmp_path)
+    assert 0 < at < STEPS and first[:at] == list(range(at)), (at, first)
+    assert not (tmp_path / "out" / "length_trace.csv").exists()  # it really died mid-run
+
+    again = subprocess.run(
+        _cmd(tmp_path), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    metrics = json.loads(again.stdout.split("METRICS ", 1)[1])
+    resumed_at = metrics["resumed_from_step"]
+    assert resumed_at is not None and resumed_at >= at  # continued, not restarted
+    assert metrics["steps"] == STEPS
+    second = _steps_logged(tmp_path)[len(first) :]
+    assert second == list(range(resumed_at, STEPS))  # the second run logged only the rest
+    assert [int(r["step"]) for r in read_trace(tmp_path / "out")] == list(range(STEPS))
+    assert (tmp_path / "out" / "actor" / "model.safetensors").is_file()
