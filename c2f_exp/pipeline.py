@@ -98,13 +98,19 @@ def _run_stage(
                     shutil.copy(stage_dir / "metrics.jsonl", tmp / "metrics.jsonl")
             shutil.rmtree(work, ignore_errors=True)
     tracker.summary(result["metrics"])
+    seconds = round(time.time() - t0, 2) if status == "reused" else result["seconds"]
+    return _entry(stage.name, status, art, key, seconds, result["metrics"])
+
+
+def _entry(name: str, status: str, art: Path, key: str, seconds: float, metrics: dict) -> dict:
+    """One manifest.json entry (DESIGN §5)."""
     return {
-        "stage": stage.name,
+        "stage": name,
         "status": status,
         "path": str(art),
         "config_hash": key,
-        "seconds": round(time.time() - t0, 2) if status == "reused" else result["seconds"],
-        "metrics": result["metrics"],
+        "seconds": seconds,
+        "metrics": metrics,
     }
 
 
@@ -139,14 +145,7 @@ def _run_follower(
             result, status = {"metrics": stage.run(ctx, Path(tmp))}, "done"
         while not artifacts.is_complete(art):  # rank 0 renames it into place: later stages read it
             time.sleep(0.5)
-    return {
-        "stage": stage.name,
-        "status": status,
-        "path": str(art),
-        "config_hash": key,
-        "seconds": round(time.time() - t0, 2),
-        "metrics": result["metrics"],
-    }
+    return _entry(stage.name, status, art, key, round(time.time() - t0, 2), result["metrics"])
 
 
 def _read_result(art: Path) -> dict[str, Any]:

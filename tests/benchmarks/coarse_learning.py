@@ -25,7 +25,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
-PREP = ROOT / "outputs" / "cache" / "prepare" / "7ebaefb973cf9f54"
+
+
+def _latest_prepare() -> Path:
+    """Newest complete prepare artifact (run `python -m c2f_exp` first, or pass --prep)."""
+    done = sorted(
+        (ROOT / "outputs" / "cache" / "prepare").glob("*/DONE"), key=lambda p: p.stat().st_mtime
+    )
+    return done[-1].parent if done else ROOT / "outputs" / "cache" / "prepare" / "MISSING"
+
+
+PREP = _latest_prepare()
 
 
 def find_reward_model() -> str:
