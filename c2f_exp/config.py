@@ -8,12 +8,11 @@ group's YAML is merged into these dataclasses and OmegaConf names the offending 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-from c2f_exp.errors import bad_value
+from c2f_exp.errors import bad_value, check_choice, check_positive
 from c2f_exp.evaluation.config import EvalConf
 from c2f_exp.merging.config import MergerConf
 from c2f_exp.rl.coarse_config import CoarseConf, DistributedConf
@@ -135,16 +134,6 @@ def register() -> None:
     ConfigStore.instance().store(name="c2f_schema", node=C2FConfig)
 
 
-def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise bad_value(key, value, "one of " + ", ".join(choices))
-
-
-def _positive(key: str, value: Any) -> None:
-    if not value > 0:
-        raise bad_value(key, value, "> 0")
-
-
 def validate(cfg: DictConfig, implemented: tuple[str, ...]) -> None:
     """Checks OmegaConf's types cannot express. Raises ConfigError naming key and fix."""
     for i, s in enumerate(cfg.stages):
@@ -162,12 +151,12 @@ def validate(cfg: DictConfig, implemented: tuple[str, ...]) -> None:
     if len(set(cfg.stages)) != len(cfg.stages):
         raise bad_value("stages", list(cfg.stages), "a list without repeats")
     _validate_groups(cfg)
-    _choice("model.source", cfg.model.source, ("tinyworld", "hub"))
-    _choice("data.source", cfg.data.source, ("tinyworld", "hub"))
-    _choice("tracker.backend", cfg.tracker.backend, ("wandb", "none"))
-    _choice("tracker.mode", cfg.tracker.mode, ("offline", "online", "disabled"))
+    check_choice("model.source", cfg.model.source, ("tinyworld", "hub"))
+    check_choice("data.source", cfg.data.source, ("tinyworld", "hub"))
+    check_choice("tracker.backend", cfg.tracker.backend, ("wandb", "none"))
+    check_choice("tracker.mode", cfg.tracker.mode, ("offline", "online", "disabled"))
     for role in ("base", "instruct"):
-        _choice(f"model.{role}.dtype", cfg.model[role].dtype, DTYPES)
+        check_choice(f"model.{role}.dtype", cfg.model[role].dtype, DTYPES)
     if cfg.model.source == "tinyworld":
         if cfg.data.source != "tinyworld":
             raise bad_value(
@@ -178,7 +167,7 @@ def validate(cfg: DictConfig, implemented: tuple[str, ...]) -> None:
             )
         a = cfg.model.arch
         for k in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads"):
-            _positive(f"model.arch.{k}", a[k])
+            check_positive(f"model.arch.{k}", a[k])
         if a.hidden_size % a.num_heads or a.num_heads % a.num_kv_heads:
             raise bad_value(
                 "model.arch.num_heads",
@@ -187,7 +176,7 @@ def validate(cfg: DictConfig, implemented: tuple[str, ...]) -> None:
             )
         for phase in ("pretrain", "sft"):
             for k in ("steps", "lr", "batch_size", "block_size"):
-                _positive(f"model.{phase}.{k}", cfg.model[phase][k])
+                check_positive(f"model.{phase}.{k}", cfg.model[phase][k])
         w = cfg.data.world
         if w.n_entities < 4:
             raise bad_value("data.world.n_entities", w.n_entities, ">= 4")
@@ -195,7 +184,7 @@ def validate(cfg: DictConfig, implemented: tuple[str, ...]) -> None:
             raise bad_value(
                 "data.world.heldout_fraction", w.heldout_fraction, "strictly between 0 and 1"
             )
-        _positive("data.world.n_docs", w.n_docs)
+        check_positive("data.world.n_docs", w.n_docs)
     else:
         for role in ("base", "instruct"):
             if not cfg.model[role].path:

@@ -15,3 +15,15 @@ def bad_value(key: str, value: object, expected: str, fix: str | None = None) ->
     """`<key> must be <expected> (got <value>)[; <fix>]`."""
     msg = f"{key} must be {expected} (got {value!r})"
     return ConfigError(f"{msg}; {fix}" if fix else msg)
+
+
+def check_choice(key: str, value: object, choices: tuple[str, ...]) -> None:
+    """Raise `bad_value` unless `value` is one of `choices`."""
+    if value not in choices:
+        raise bad_value(key, value, "one of " + ", ".join(choices))
+
+
+def check_positive(key: str, value: object) -> None:
+    """Raise `bad_value` unless `value` is a number > 0 (None included)."""
+    if value is None or not value > 0:  # type: ignore[operator]
+        raise bad_value(key, value, "> 0")

@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import MISSING, DictConfig
 
-from c2f_exp.errors import bad_value
+from c2f_exp.errors import bad_value, check_choice
 
 TINYWORLD_TASKS = ("tinyworld_mc", "tinyworld_about")
 JUDGE_TYPES = ("openai_compatible", "hf_local", "reward_model", "tinyworld_gold")
@@ -108,11 +108,6 @@ class EvalConf:
     text_stats: TextStatsConf = field(default_factory=TextStatsConf)
 
 
-def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise bad_value(key, value, "one of " + ", ".join(choices))
-
-
 def _check_batch_size(key: str, value: str) -> None:
     v = str(value)
     if v == "auto" or (v.startswith("auto:") and v[5:].isdigit()) or (v.isdigit() and int(v)):
@@ -121,8 +116,8 @@ def _check_batch_size(key: str, value: str) -> None:
 
 
 def _check_judge(j: Any, source: str) -> None:
-    _choice("eval.mt_bench.judge.type", j.type, JUDGE_TYPES)
-    _choice("eval.mt_bench.judge.dtype", j.dtype, MODEL_DTYPES)
+    check_choice("eval.mt_bench.judge.type", j.type, JUDGE_TYPES)
+    check_choice("eval.mt_bench.judge.dtype", j.dtype, MODEL_DTYPES)
     if j.api_key_env is not None and not _ENV_NAME.match(j.api_key_env):
         raise bad_value(
             "eval.mt_bench.judge.api_key_env",
@@ -163,7 +158,7 @@ def validate_eval(cfg: DictConfig) -> None:
             raise bad_value(f"eval.models.{name}", name, "a name of letters, digits, _ . -")
     lm = e.lm_eval
     _check_batch_size("eval.lm_eval.batch_size", lm.batch_size)
-    _choice("eval.lm_eval.dtype", lm.dtype, MODEL_DTYPES)
+    check_choice("eval.lm_eval.dtype", lm.dtype, MODEL_DTYPES)
     if lm.limit is not None and not lm.limit > 0:
         raise bad_value("eval.lm_eval.limit", lm.limit, "> 0 (a count, or a fraction < 1)")
     for task, k in lm.num_fewshot.items():
@@ -178,7 +173,7 @@ def validate_eval(cfg: DictConfig) -> None:
             "the tiny world's tasks need data=tinyworld",
         )
     m = e.mt_bench
-    _choice("eval.mt_bench.source", m.source, ("tinyworld", "fastchat"))
+    check_choice("eval.mt_bench.source", m.source, ("tinyworld", "fastchat"))
     if m.source == "tinyworld" and cfg.data.source != "tinyworld" and not m.question_file:
         raise bad_value(
             "eval.mt_bench.source",

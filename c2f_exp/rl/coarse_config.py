@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from c2f_exp.errors import bad_value
+from c2f_exp.errors import bad_value, check_choice
 
 CRITIC_INITS = ("reward", "base")
 KL_CONTROLLERS = ("fixed", "adaptive")
@@ -80,11 +80,6 @@ def _positive(key: str, v: Any, integer: bool = False) -> None:
         raise bad_value(key, v, "a positive integer" if integer else "a finite number > 0")
 
 
-def _choice(key: str, v: Any, choices: tuple[str, ...]) -> None:
-    if v not in choices:
-        raise bad_value(key, v, "one of " + ", ".join(choices))
-
-
 INTS = ("steps", "batch_size", "minibatch_size", "ppo_epochs", "checkpoint_every")
 INTS += ("keep_checkpoints", "forward_batch_size", "kl_horizon")
 FLOATS = ("lr", "critic_lr", "adam_eps", "max_grad_norm", "temperature", "cliprange")
@@ -103,7 +98,7 @@ def validate_coarse(cfg: Any) -> None:
     for k in FLOATS:
         _positive(f"coarse.{k}", c[k])
     for k, choices in CHOICES.items():
-        _choice(f"coarse.{k}", c[k], choices)
+        check_choice(f"coarse.{k}", c[k], choices)
     if c.batch_size % c.minibatch_size:
         want = f"a divisor of coarse.batch_size ({c.batch_size})"
         raise bad_value("coarse.minibatch_size", c.minibatch_size, want)
@@ -153,7 +148,7 @@ def _check_lengths(cfg: Any) -> None:
 def validate_distributed(d: Any) -> None:
     if d is None:
         return
-    _choice("distributed.backend", d.backend, BACKENDS)
+    check_choice("distributed.backend", d.backend, BACKENDS)
     _positive("distributed.num_processes", d.num_processes, integer=True)
     if d.backend == "deepspeed" and d.zero_stage not in (0, 1, 2, 3):
         raise bad_value("distributed.zero_stage", d.zero_stage, "0, 1, 2 or 3 for deepspeed")

@@ -7,7 +7,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from c2f_exp.errors import ConfigError, bad_value
+from c2f_exp.errors import ConfigError, bad_value, check_choice, check_positive
 
 SOURCES = ("tinyworld", "hub")
 FORMATS = ("plain", "chat")
@@ -72,30 +72,20 @@ class RewardConf:
     onpolicy: OnPolicyConf = field(default_factory=OnPolicyConf)
 
 
-def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise bad_value(key, value, "one of " + ", ".join(choices))
-
-
-def _positive(key: str, value: Any) -> None:
-    if value is None or not value > 0:
-        raise bad_value(key, value, "> 0")
-
-
 def validate_reward(cfg: Any) -> None:
     """Check the `reward` group against the rest of the root config `cfg` (no I/O)."""
     r = cfg.get("reward")
     if r is None:
         raise ConfigError("reward is missing; add `- reward: tinyworld` to the defaults list")
-    _choice("reward.source", r.source, SOURCES)
-    _choice("reward.format", r.format, FORMATS)
-    _choice("reward.init", r.init, INITS)
+    check_choice("reward.source", r.source, SOURCES)
+    check_choice("reward.format", r.format, FORMATS)
+    check_choice("reward.init", r.init, INITS)
     for k in ("epochs", "lr", "batch_size", "grad_accum", "max_length"):
-        _positive(f"reward.train.{k}", r.train[k])
-    _positive("reward.eval_batch_size", r.eval_batch_size)
+        check_positive(f"reward.train.{k}", r.train[k])
+    check_positive("reward.eval_batch_size", r.eval_batch_size)
     for k in ("max_train_pairs", "max_test_pairs"):
         if r[k] is not None:
-            _positive(f"reward.{k}", r[k])
+            check_positive(f"reward.{k}", r[k])
     if not 0 <= r.train.warmup_ratio < 1:
         raise bad_value("reward.train.warmup_ratio", r.train.warmup_ratio, "within [0, 1)")
     if r.source == "hub" and not r.path and not r.dataset:
@@ -123,7 +113,7 @@ def validate_reward(cfg: Any) -> None:
                 "false for reward.source=hub",
                 "only the tiny world has a gold scorer",
             )
-        _positive(f"reward.{part}.max_new_tokens", sub.max_new_tokens)
+        check_positive(f"reward.{part}.max_new_tokens", sub.max_new_tokens)
         if sub.samples_per_prompt < 2:
             raise bad_value(
                 f"reward.{part}.samples_per_prompt",
