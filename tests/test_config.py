@@ -60,6 +60,12 @@ def test_mistral_has_instruct_partner(compose):
     assert cfg.model.base.trust_remote_code is False
 
 
+def test_mistral_uses_7b_lengths_and_micro_still_shrinks(compose):
+    ls = compose(["+experiment=mistral_c2f"]).length_schedule
+    assert (ls.name, ls.l_min, ls.l_max) == ("continuous_max", 128, 1024)
+    assert compose(["+experiment=mistral_c2f", "debug=micro"]).length_schedule.l_max == 16
+
+
 def test_unknown_key_fails_at_composition_naming_it(compose):
     with pytest.raises(Exception, match="no_such_key"):
         compose(["model.no_such_key=1"])
