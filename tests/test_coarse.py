@@ -419,6 +419,18 @@ def test_nan_reward_batches_are_skipped_and_counted(micro, tmp_path):
         tr.train()
 
 
+def test_token_budget_ends_the_run_at_the_first_step_past_it(micro, tmp_path):
+    def reward_fn(prompts, ro):
+        return torch.zeros(len(prompts))
+
+    budget = 40  # 8 rollouts of at most 8 tokens (l_min) per step: 2-5 steps, never 50
+    tr, _, _ = _trainer(micro, tmp_path, reward_fn, {"steps": 50, "token_budget": budget})
+    state = tr.train()
+    totals = [r["tokens_total"] for r in state.trace]
+    assert totals[-1] >= budget and all(t < budget for t in totals[:-1])
+    assert state.step == len(state.trace) < 50
+
+
 def test_critic_from_base_starts_at_zero_and_from_reward_does_not(micro, tmp_path):
     seen = {}
     for init in ("base", "reward"):

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from c2f_exp.config import register
 from c2f_exp.errors import C2FError, ConfigError
+from c2f_exp.rl import preferences as prefs
 from c2f_exp.rl import reward_model as rmod
 from c2f_exp.rl.reward_config import RewardConf, RewardTrainConf, validate_reward
 from c2f_exp.stages import StageContext
@@ -122,6 +123,7 @@ def test_stage_trains_and_writes_a_reward_model(trained):
     for k in ("test_accuracy", "test_accuracy_init", "gold_agreement"):
         assert 0 <= metrics[k] <= 1, k
     assert metrics["gold_pairs"] > 0 and (art / "model" / "model.safetensors").is_file()
+    assert metrics["ppo_prompts_gold_pairs"] > 0  # the second fresh sample: PPO's entities
     assert rmod.reward_model_ref(art) == str(art / "model")
 
 
@@ -235,13 +237,13 @@ def test_tinyworld_reward_needs_prepare(tmp_path):
         RewardStage().run(_ctx(_cfg(), tmp_path, None), tmp_path)
 
 
-def _sampled() -> rmod.Sampled:
+def _sampled() -> prefs.Sampled:
     gold = torch.tensor([3.0, 1.0, 3.0, 0.0, 2.0, 0.5])  # two prompts x three samples
-    return rmod.Sampled(["a"] * 3 + ["b"] * 3, [f"t{i}" for i in range(6)], gold, 3)
+    return prefs.Sampled(["a"] * 3 + ["b"] * 3, [f"t{i}" for i in range(6)], gold, 3)
 
 
 def test_gold_pairs_by_hand():
-    pairs = rmod.gold_pairs(_sampled(), min_margin=1.0, margin_scale=0.5)
+    pairs = prefs.gold_pairs(_sampled(), min_margin=1.0, margin_scale=0.5)
     # prompt a: (t0>t1, gap 2), t0=t2 skipped, (t2>t1, 2); prompt b: (t4>t3, 2), (t4>t5, 1.5),
     # (t5>t3, 0.5 < min_margin: dropped). margin = 0.5 * gap
     got = {(p["chosen"], p["rejected"], p["margin"]) for p in pairs}
@@ -250,8 +252,8 @@ def test_gold_pairs_by_hand():
 
 def test_gold_agreement_by_hand(monkeypatch):
     rewards = torch.tensor([1.0, 0.0, -1.0, 0.0, 0.0, 0.2])
-    monkeypatch.setattr(rmod, "score_texts", lambda *a, **k: rewards)
-    m = rmod.gold_agreement(None, None, _sampled())
+    monkeypatch.setattr(prefs, "score_texts", lambda *a, **k: rewards)
+    m = prefs.gold_agreement(None, None, _sampled())
     # pairs (i, j, gold gap): (0,1,+2) r diff +1 agree; (1,2,-2) r +1 disagree;
     # (3,4,-2) r tie: disagree; (3,5,-.5) r -.2 agree; (4,5,+1.5) r -.2 disagree
     assert m["gold_pairs"] == 5 and m["gold_agreement"] == pytest.approx(2 / 5)
@@ -266,7 +268,7 @@ def test_hh_transcripts_become_chat_pairs(tmp_path):
         {"chosen": conv + "same", "rejected": conv + "same"},
     ]  # no preference
     _jsonl(tmp_path / "hh.jsonl", rows)
-    pairs = rmod.hh_pairs(str(tmp_path / "hh.jsonl"), "train", None)
+    pairs = prefs.hh_pairs(str(tmp_path / "hh.jsonl"), "train", None)
     assert pairs == [
         {
             "prompt": [

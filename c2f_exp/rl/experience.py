@@ -214,7 +214,7 @@ def load_prompts(cfg: Any, prepared: Path | None) -> tuple[list[str], list, list
     c, held = cfg.coarse, []
     if cfg.data.source == "hub":  # HH-RLHF transcripts: the base model continues them
         from c2f_exp import hub
-        from c2f_exp.rl.reward_model import hh_pairs
+        from c2f_exp.rl.preferences import hh_pairs
 
         ref = hub.resolve_dataset(cfg.data.hub.prompt_dataset, "data.hub.prompt_dataset")
         turns = [r["prompt"] for r in hh_pairs(ref, cfg.data.hub.prompt_split, None)]

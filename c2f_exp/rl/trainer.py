@@ -197,9 +197,17 @@ class CoarseTrainer:
         if ckpt is not None:
             self.load_checkpoint(ckpt)
         c, main = self.c, self.acc.is_main_process
-        bar = tqdm(total=c.steps, initial=self.state.step, desc="coarse PPO", disable=not main)
+        by_tokens = bool(c.token_budget)  # the bar counts what ends the run
+        bar = tqdm(
+            total=c.token_budget if by_tokens else c.steps,
+            initial=self.state.tokens if by_tokens else self.state.step,
+            desc="coarse PPO",
+            unit=" tokens" if by_tokens else "it",
+            unit_scale=by_tokens,
+            disable=not main,
+        )
         while self.state.step < c.steps and not self.budget_spent():
-            step = self.state.step
+            step, tokens_before = self.state.step, self.state.tokens
             row = self.run_step(step)
             self.state.step += 1
             if row is not None:
@@ -208,7 +216,7 @@ class CoarseTrainer:
                     self.log_fn(row, step)
                 length = f"{row['mean_response_length']:.0f}"
                 bar.set_postfix(reward=f"{row['reward']:.2f}", limit=row["limit"], len=length)
-            bar.update(1)
+            bar.update(self.state.tokens - tokens_before if by_tokens else 1)
             more = self.state.step < c.steps and not self.budget_spent()
             if more and self.state.step % c.checkpoint_every == 0:
                 self.save_checkpoint()

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from c2f_exp import hub
 from c2f_exp.errors import ConfigError
+from c2f_exp.rl import preferences as prefs
 from c2f_exp.rl import reward_model as rmod
 from c2f_exp.rl.reward_config import validate_reward
 from c2f_exp.rl.reward_model import score_texts  # noqa: F401  (public: used by coarse, eval)
@@ -50,8 +51,8 @@ class RewardStage:
     def run(self, ctx: StageContext, out: Path) -> dict[str, Any]:
         r = ctx.cfg.reward
         prep = _prepared(ctx) if r.source == "tinyworld" else None
-        train, test = _tiny_pairs(prep, r) if prep else rmod.hub_pairs(r)
-        labeller = rmod.TinyWorldLabeller(prep, model_dir(ctx, "base")) if prep else None
+        train, test = _tiny_pairs(prep, r) if prep else prefs.hub_pairs(r)
+        labeller = prefs.TinyWorldLabeller(prep, model_dir(ctx, "base")) if prep else None
         if r.path:
             ref = hub.resolve_model(r.path, "reward.path")
             rmod.check_compatible(ref, model_dir(ctx, "base"))
@@ -70,21 +71,24 @@ class RewardStage:
                     o.max_new_tokens,
                     ctx.cfg.seed + 2,
                 )
-                train = train + rmod.gold_pairs(sampled, o.min_margin, r.train.margin_scale)
+                train = train + prefs.gold_pairs(sampled, o.min_margin, r.train.margin_scale)
             model, tok, metrics = _train(ctx, train, test, out)
         acc = rmod.pairwise_accuracy(model, tok, test, r.format, r.eval_batch_size)
         metrics.update(test_pairs=len(test), test_accuracy=acc["accuracy"])
         metrics["test_margin"] = acc["margin"]
         if labeller and r.gold.enabled:
             g = r.gold
-            sampled = labeller.sample(
-                labeller.world.heldout_entities,
-                g.samples_per_prompt,
-                g.max_new_tokens,
-                ctx.cfg.seed + 1,
-                g.max_prompts,
-            )
-            metrics.update(rmod.gold_agreement(model, tok, sampled, r.eval_batch_size))
+            # Two fresh samples: held-out entities (never in training), and the train entities
+            # whose prompts PPO uses (new answers, seed unlike the on-policy pairs').
+            for prefix, ents, seed in (
+                ("", labeller.world.heldout_entities, ctx.cfg.seed + 1),
+                ("ppo_prompts_", labeller.world.train_entities, ctx.cfg.seed + 3),
+            ):
+                sampled = labeller.sample(
+                    ents, g.samples_per_prompt, g.max_new_tokens, seed, g.max_prompts
+                )
+                agree = prefs.gold_agreement(model, tok, sampled, r.eval_batch_size)
+                metrics.update({prefix + k: v for k, v in agree.items()})
         numbers = {f"reward/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
         ctx.tracker.log(numbers)
         log.info("reward model: %s", metrics)
@@ -94,7 +98,7 @@ class RewardStage:
 def _train(ctx: StageContext, train: list[dict], test: list[dict], out: Path) -> tuple:
     """Train from `reward.init` and save to `out/model`. Returns (model, tok, metrics)."""
     r, seed = ctx.cfg.reward, ctx.cfg.seed
-    rmod.require_pairs(train, "for training")
+    prefs.require_pairs(train, "for training")
     model, tok = rmod.init_reward_model(
         model_dir(ctx, r.init), r.format, seed, lambda: model_dir(ctx, "instruct")
     )
@@ -144,5 +148,5 @@ def _tiny_pairs(prep: Path, r: DictConfig) -> tuple[list[dict], list[dict]]:
             }
             for p in read_jsonl(path)[:limit]
         ]
-        out.append(rmod.require_pairs(rows, str(path)) if split == "test" or not r.path else rows)
+        out.append(prefs.require_pairs(rows, str(path)) if split == "test" or not r.path else rows)
     return out[0], out[1]
