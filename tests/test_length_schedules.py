@@ -40,10 +40,20 @@ def _sigmoid(x: float) -> float:
 
 
 def test_registry_matches_yaml_stems():
-    assert set(SCHEDULES) == {p.stem for p in YAMLS}
-    for p in YAMLS:
-        assert OmegaConf.load(p).name == p.stem
-        assert SCHEDULES[p.stem].name == p.stem
+    """Each schedule kind has a YAML of its own name; every other YAML is a preset of a kind."""
+    stems = {p.stem for p in YAMLS}
+    assert set(SCHEDULES) <= stems
+    for kind, cls in SCHEDULES.items():
+        assert OmegaConf.load(CONF / "length_schedule" / f"{kind}.yaml").name == kind
+        assert cls.name == kind
+
+
+@pytest.mark.parametrize("stem", [p.stem for p in YAMLS])
+def test_every_yaml_composes_to_a_registered_kind(compose, stem):
+    node = compose([f"length_schedule={stem}"]).length_schedule
+    assert node.name in SCHEDULES, f"{stem}.yaml composes to unknown kind {node.name!r}"
+    validate_schedule(node)
+    assert isinstance(build_schedule(node), SCHEDULES[node.name])
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
