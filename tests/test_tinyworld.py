@@ -126,3 +126,24 @@ def test_vocabulary_covers_every_text(world):
     texts += [q for r in data.two_turn_questions(world, world.entities, 0) for q in r["turns"]]
     for t in texts:
         assert tok.unk_token_id not in tok(t, add_special_tokens=False).input_ids, t
+
+
+def test_answer_quality_reports_gold_total_and_explanations(world, monkeypatch):
+    """answer_quality averages the scorer's counts; the gold total is what the RM approximates."""
+    from c2f_exp.tinyworld import quality
+
+    e, f = world.entities[2], world.entities[4]
+    answers = {  # prompt -> (answer, EOS seen, new tokens)
+        "a": (f"{world.explained(e, 'habitat')} . {world.clause(e, 'color')} .", True, 20),
+        "b": (f"{world.clause(f, 'size')} . {world.clause(f, 'size')} .", False, 30),
+    }
+    monkeypatch.setattr(
+        quality, "generate", lambda m, t, prompts, *a: [answers[p] for p in prompts]
+    )
+    rows = [{"prompt": "a", "entity": e}, {"prompt": "b", "entity": f}]
+    q = quality.answer_quality(None, None, GoldScorer(world), rows, 32, chat=False)
+    # a: 2 correct + 1 explained (+0.5) = 2.5; b: 1 correct, 1 repeat (-0.25) = 0.75
+    assert q["facts_per_answer"] == pytest.approx(1.5)
+    assert q["explained_per_answer"] == pytest.approx(0.5)
+    assert q["gold_total_per_answer"] == pytest.approx((2.5 + 0.75) / 2)
+    assert (q["eos_rate"], q["mean_new_tokens"]) == (0.5, 25)

@@ -140,6 +140,14 @@ def gold_eval(ctx: StageContext, base: str, actor: Path, rows: list[dict]) -> di
         model = AutoModelForCausalLM.from_pretrained(path)
         for k, v in quality.answer_quality(model, tok, scorer, rows, n, chat=False).items():
             out[f"{role}/heldout_{k}"] = v
-    facts = out["base/heldout_facts_per_answer"], out["actor/heldout_facts_per_answer"]
-    log.info("gold facts per held-out answer: base %.2f, Coarse Actor %.2f", *facts)
+    facts = [
+        out[f"{r}/heldout_{k}"]
+        for k in ("facts_per_answer", "gold_total_per_answer")
+        for r in ("base", "actor")
+    ]
+    log.info(
+        "per held-out answer: gold facts base %.2f, Coarse Actor %.2f; "
+        "gold total base %.2f, Coarse Actor %.2f",
+        *facts,
+    )
     return out

@@ -103,6 +103,8 @@ def answer_quality(
         "eos_rate": sum(e for _, e, _ in outs) / n,
         "facts_per_answer": sum(s.correct for s in scores) / n,
         "wrong_per_answer": sum(s.wrong for s in scores) / n,
+        "explained_per_answer": sum(s.explained for s in scores) / n,
+        "gold_total_per_answer": sum(s.total() for s in scores) / n,  # what the RM approximates
         "repetition_rate": sum(s.repetition_rate for s in scores) / n,
         "mean_new_tokens": sum(k for _, _, k in outs) / n,
     }

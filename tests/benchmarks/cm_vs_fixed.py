@@ -22,6 +22,8 @@ from coarse_learning import PREP, find_reward_model, run, use_gold_reward
 
 KEYS = (
     "facts_per_answer",
+    "gold_total_per_answer",
+    "explained_per_answer",
     "wrong_per_answer",
     "repetition_rate",
     "eos_rate",

@@ -159,6 +159,8 @@ def main() -> None:
     for k in (
         "facts_per_answer",
         "wrong_per_answer",
+        "explained_per_answer",
+        "gold_total_per_answer",
         "repetition_rate",
         "eos_rate",
         "mean_new_tokens",
