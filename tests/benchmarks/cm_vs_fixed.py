@@ -18,18 +18,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from coarse_learning import PREP, find_reward_model, run, use_gold_reward
-
-KEYS = (
-    "facts_per_answer",
-    "gold_total_per_answer",
-    "explained_per_answer",
-    "wrong_per_answer",
-    "repetition_rate",
-    "eos_rate",
-    "mean_new_tokens",
-    "rm_score",
-)
+from coarse_learning import KEYS, PREP, find_reward_model, run, use_gold_reward
 
 
 def arms(l_min: int, l_max: int, linear_steps: int) -> dict[str, tuple[str, list[str]]]:

@@ -36,6 +36,16 @@ def _latest_prepare() -> Path:
 
 
 PREP = _latest_prepare()
+KEYS = (  # held-out statistics both benchmarks print, base vs. actor
+    "facts_per_answer",
+    "gold_total_per_answer",
+    "explained_per_answer",
+    "wrong_per_answer",
+    "repetition_rate",
+    "eos_rate",
+    "mean_new_tokens",
+    "rm_score",
+)
 
 
 def find_reward_model() -> str:
@@ -156,16 +166,7 @@ def main() -> None:
         f"{m['median_tokens_per_s']:.0f} tokens/s), final limit {m['final_limit']}"
     )
     print(f"{'held-out, greedy':24s} {'base':>8s} {'actor':>8s} {'ratio':>7s}")
-    for k in (
-        "facts_per_answer",
-        "wrong_per_answer",
-        "explained_per_answer",
-        "gold_total_per_answer",
-        "repetition_rate",
-        "eos_rate",
-        "mean_new_tokens",
-        "rm_score",
-    ):
+    for k in KEYS:
         b, c = m[f"base/heldout_{k}"], m[f"actor/heldout_{k}"]
         print(f"{k:24s} {b:8.3f} {c:8.3f} {c / b if b else float('nan'):7.2f}")
     print("METRICS " + json.dumps(m, default=str))
