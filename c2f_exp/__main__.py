@@ -17,24 +17,41 @@ register()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def _app(cfg: DictConfig) -> None:
+def _app(cfg: DictConfig) -> float | None:
+    """Run one job. In a multirun a failing job is logged and recorded in its manifest.json,
+    and the sweep goes on (SweepCallback reports failures when it ends); alone, a user error
+    exits with status 2 and one line. Returns `sweep.objective` for optimising sweepers."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     from c2f_exp.errors import C2FError
     from c2f_exp.pipeline import run_pipeline
+    from c2f_exp.sweeping import objective_value
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    if cfg.sweep.name and not multirun:
+        log.warning("+sweep=%s without -m runs one job with the defaults: add -m", cfg.sweep.name)
+    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     try:
         manifest = run_pipeline(cfg, run_dir)
     except C2FError as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if full_error:
             raise
         log.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
+        if multirun:
+            return objective_value(cfg, None)
         raise SystemExit(2) from None
+    except Exception:
+        if not multirun or full_error:
+            raise
+        log.exception("job failed (recorded in %s)", run_dir / "manifest.json")
+        return objective_value(cfg, None)
     for s in manifest["stages"]:
         log.info("%-8s %-6s %6.1fs  %s", s["stage"], s["status"], s["seconds"], s["path"])
     log.info("manifest: %s", run_dir / "manifest.json")
+    return objective_value(cfg, manifest)
 
 
 def main() -> None:

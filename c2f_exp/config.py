@@ -8,6 +8,7 @@ group's YAML is merged into these dataclasses and OmegaConf names the offending 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
@@ -113,6 +114,19 @@ class PathsConf:
 
 
 @dataclass
+class SweepConf:
+    """What a ready-made sweep (`+sweep=<name>`, files in sweeps/) sets besides its parameters."""
+
+    name: str | None = None  # names the wandb group (with the sweep's start time) and job_type
+    # A manifest metric `<stage>/<metric key>` returned to Hydra sweepers that optimise (optuna),
+    # e.g. eval/fine/tinyworld_about/gold_total. null: the job returns nothing.
+    objective: str | None = None
+    # Free variables a sweep searches over and interpolates into real keys, e.g.
+    # merger.coefficient: [${sweep.vars.lambda_first}, ${sweep.vars.lambda_last}]
+    vars: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class C2FConfig:
     experiment_name: str = "tiny_c2f"
     seed: int = 0
@@ -128,6 +142,7 @@ class C2FConfig:
     distributed: DistributedConf = field(default_factory=DistributedConf)
     merger: MergerConf = field(default_factory=MergerConf)
     eval: EvalConf = field(default_factory=EvalConf)
+    sweep: SweepConf = field(default_factory=SweepConf)
 
 
 def register() -> None:
@@ -151,6 +166,17 @@ def validate(cfg: DictConfig, implemented: tuple[str, ...]) -> None:
     if len(set(cfg.stages)) != len(cfg.stages):
         raise bad_value("stages", list(cfg.stages), "a list without repeats")
     _validate_groups(cfg)
+    objective = cfg.sweep.objective
+    if objective is not None and (
+        "/" not in objective or objective.split("/", 1)[0] not in cfg.stages
+    ):
+        raise bad_value(
+            "sweep.objective",
+            objective,
+            "'<stage>/<metric key of that stage in manifest.json>' for a stage of this run "
+            f"({', '.join(cfg.stages)})",
+            "e.g. sweep.objective=eval/fine/tinyworld_about/gold_total",
+        )
     check_choice("model.source", cfg.model.source, ("tinyworld", "hub"))
     check_choice("data.source", cfg.data.source, ("tinyworld", "hub"))
     check_choice("tracker.backend", cfg.tracker.backend, ("wandb", "none"))

@@ -12,10 +12,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from c2f_exp import artifacts
+from c2f_exp import artifacts, summary, sweeping
 from c2f_exp.config import validate
 from c2f_exp.stages import StageContext, registry
-from c2f_exp.tracking import Tracker
+from c2f_exp.tracking import RunIdentity, Tracker
 
 log = logging.getLogger(__name__)
 RESULT = "result.json"
@@ -26,21 +26,45 @@ def _cfg(node: Any) -> Any:
 
 
 def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Validate, preflight every requested stage, then run or reuse each one."""
+    """Validate, preflight every requested stage, then run or reuse each one.
+
+    manifest.json is written from the start (`status: running`) and after every stage, and
+    says `failed` with the error's first line when the run stops on one, so
+    `python -m c2f_exp.compare` can show every job of a sweep, failed ones included.
+    """
+    ident = sweeping.identity(cfg, run_dir)
+    manifest: dict[str, Any] = {"experiment": cfg.experiment_name, "status": "running"}
+    manifest["sweep"] = {"name": cfg.sweep.name, "group": ident.group, "swept": ident.swept}
+    manifest.update(overrides=ident.overrides, stages=[])
+    _write_manifest(run_dir, manifest)
+    try:
+        _run_stages(cfg, run_dir, ident, manifest)
+        manifest["status"] = "done"
+    except BaseException as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        manifest.update(status="failed", error=f"{type(e).__name__}: {first}".rstrip(": "))
+        raise
+    finally:
+        _write_manifest(run_dir, manifest)
+    return manifest
+
+
+def _write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
+    if _rank() == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        artifacts.write_json_atomic(run_dir / "manifest.json", manifest)
+
+
+def _run_stages(
+    cfg: DictConfig, run_dir: Path, ident: RunIdentity, manifest: dict[str, Any]
+) -> None:
     stages = registry()
     validate(cfg, tuple(stages))
     for name in cfg.stages:  # all cheap checks first: fail before any expensive work
         stages[name].preflight(cfg)
-
     cache = Path(cfg.paths.cache_dir)
-    manifest: dict[str, Any] = {"experiment": cfg.experiment_name, "stages": []}
-    tracker = Tracker(
-        cfg.tracker if _rank() == 0 else OmegaConf.create({"backend": "none"}),
-        run_dir,
-        _cfg(cfg),
-        group=cfg.experiment_name,
-        name=f"{cfg.experiment_name}-{run_dir.name}",
-    )
+    tcfg = cfg.tracker if _rank() == 0 else OmegaConf.create({"backend": "none"})
+    tracker = Tracker(tcfg, run_dir, _cfg(cfg), ident=ident)
     exit_code = 1
     try:
         upstream: dict[str, dict[str, Any]] = {}
@@ -53,12 +77,11 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             entry = _run_stage(stage, cfg, run_dir, cache / name / key, key, tracker, upstream)
             upstream[name] = entry
             manifest["stages"].append(entry)
-            if _rank() == 0:
-                artifacts.write_json_atomic(run_dir / "manifest.json", manifest)
+            _write_manifest(run_dir, manifest)
+        tracker.final(summary.headline(manifest), *summary.eval_table(manifest))
         exit_code = 0
     finally:
         tracker.finish(exit_code)
-    return manifest
 
 
 def _run_stage(
@@ -97,7 +120,7 @@ def _run_stage(
                 if (stage_dir / "metrics.jsonl").is_file():
                     shutil.copy(stage_dir / "metrics.jsonl", tmp / "metrics.jsonl")
             shutil.rmtree(work, ignore_errors=True)
-    tracker.summary(result["metrics"])
+    tracker.summary({**result["metrics"], "status": status, "artifact": key})
     seconds = round(time.time() - t0, 2) if status == "reused" else result["seconds"]
     return _entry(stage.name, status, art, key, seconds, result["metrics"])
 

@@ -11,6 +11,7 @@ import logging
 import math
 import re
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,11 @@ def redact(obj: Any) -> Any:
     return obj
 
 
+def _config_value(v: Any) -> Any:
+    """Scalars stay numbers (numeric axes in the dashboard); lists become their text."""
+    return v if isinstance(v, (int, float, bool, str)) or v is None else str(v)
+
+
 def _jsonable(v: Any) -> Any:
     if hasattr(v, "item"):
         v = v.item()
@@ -40,10 +46,31 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+@dataclass
+class RunIdentity:
+    """How one job shows up in wandb and manifest.json (built by c2f_exp.sweeping.identity)."""
+
+    group: str
+    job_type: str
+    name: str
+    multirun: bool
+    swept: dict[str, Any] = field(default_factory=dict)  # short name -> value
+    overrides: list[str] = field(default_factory=list)  # the job's command-line overrides
+
+
 class Tracker:
     """One run's tracker. `stage(name, dir)` selects where metrics.jsonl goes."""
 
-    def __init__(self, tcfg: Any, run_dir: Path, config: dict, group: str, name: str):
+    def __init__(
+        self,
+        tcfg: Any,
+        run_dir: Path,
+        config: dict,
+        group: str = "c2f_exp",
+        name: str = "run",
+        ident: RunIdentity | None = None,
+    ):
+        ident = ident or RunIdentity(group, group, name, False)
         self.backend = tcfg.backend
         self._metrics_path: Path | None = None
         self._stage = ""
@@ -51,18 +78,23 @@ class Tracker:
         if self.backend == "wandb" and tcfg.mode != "disabled":
             import wandb
 
+            tags = [*tcfg.tags, *([f"sweep:{ident.job_type}"] if ident.multirun else [])]
             self._run = wandb.init(
                 project=tcfg.project,
                 entity=tcfg.entity,
-                group=tcfg.group or group,
-                name=name,
-                tags=list(tcfg.tags),
-                config=redact(config),
+                group=ident.group,  # one group per multirun: its jobs side by side
+                job_type=ident.job_type,
+                name=ident.name,  # e.g. lambda=0.5 (the job's swept values)
+                tags=tags,
+                # swept values as top-level keys: the dashboard groups and plots by them
+                config={**redact(config), **{k: _config_value(v) for k, v in ident.swept.items()}},
                 dir=str(run_dir),
                 mode=tcfg.mode,
                 settings=wandb.Settings(console="off", silent=True),
             )
-            log.info("wandb %s run %s (dir %s)", tcfg.mode, self._run.id, run_dir)
+            log.info(
+                "wandb %s run %s (group %s, dir %s)", tcfg.mode, self._run.id, ident.group, run_dir
+            )
 
     def stage(self, name: str, stage_dir: Path) -> None:
         stage_dir.mkdir(parents=True, exist_ok=True)
@@ -94,6 +126,17 @@ class Tracker:
             for k, v in metrics.items():
                 if isinstance(v, (int, float, bool, str)):
                     self._run.summary[f"{self._stage}/{k}"] = v
+
+    def final(self, headline: dict[str, Any], columns: list[str], rows: list[list]) -> None:
+        """The run's headline numbers as `final/<name>` summary keys, and the eval table."""
+        if self._run is None:
+            return
+        for k, v in headline.items():
+            self._run.summary[f"final/{k}"] = _jsonable(v)
+        if rows:
+            import wandb
+
+            self._run.log({"eval/table": wandb.Table(columns=columns, data=rows)})
 
     def finish(self, exit_code: int = 0) -> None:
         if self._run is not None:

@@ -1,0 +1,171 @@
+"""Sweeps: who a job is (wandb group, run name, swept values) and whole-multirun checks.
+
+A multirun (`python -m c2f_exp -m +sweep=<name>`, or `-m key=a,b`) is one wandb group named
+after the sweep and its start time; each job's run name is built from its swept overrides
+(`lambda=0.5`, `rate=0.3,kappa=2`) and the swept values are top-level config keys, so the
+dashboard's grouping and parallel-coordinates panels work on them. `SweepCallback` (registered
+in conf/config.yaml) composes and validates every job of a grid sweep before any job starts,
+and writes `compare.md/.csv` + plots into the sweep directory when the sweep ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from c2f_exp.tracking import RunIdentity
+
+log = logging.getLogger(__name__)
+# Short names for run names and wandb config keys (the rest: the key's last dotted part).
+ALIASES = {"merger.coefficient": "lambda", "length_schedule": "schedule"}
+
+
+def short_name(key: str) -> str:
+    """`merger.coefficient` -> `lambda`, `length_schedule.rate` -> `rate`, `+seed` -> `seed`."""
+    key = key.lstrip("+~")
+    return ALIASES.get(key, key.rsplit(".", 1)[-1])
+
+
+def _parse(overrides: list[str]) -> list[Any]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_overrides(overrides)
+
+
+def swept_keys(hc: Any) -> list[str]:
+    """Keys a multirun sweeps: the sweeper's `params` plus sweep-form command-line overrides.
+
+    Args:
+        hc: the job's Hydra config (`HydraConfig.get()`); the master's command line is read
+            from `<sweep dir>/multirun.yaml`, which Hydra's sweepers write before any job runs.
+    """
+    keys = [str(k) for k in (OmegaConf.select(hc, "sweeper.params") or {})]
+    master = Path(str(hc.sweep.dir)) / "multirun.yaml"
+    if master.is_file():
+        task = OmegaConf.load(master).hydra.overrides.task
+        keys += [o.key_or_group for o in _parse(list(task)) if o.is_sweep_override()]
+    return list(dict.fromkeys(keys))
+
+
+def _value(o: Any) -> Any:
+    """A parsed override's value as a JSON-able scalar (lists and group options: a string)."""
+    v = o.value()
+    if isinstance(v, (int, float, bool)) or v is None:
+        return v
+    return o.get_value_element_as_str()
+
+
+def identity(cfg: DictConfig, run_dir: Path) -> RunIdentity:
+    """This job's wandb group/name/job_type and swept values (Hydra's runtime config)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    sweep_name = cfg.sweep.name
+    job_type = sweep_name or cfg.experiment_name
+    overrides = list(hc.overrides.task)
+    if hc.mode != RunMode.MULTIRUN:
+        name = f"{cfg.experiment_name}-{run_dir.name}"
+        return RunIdentity(
+            cfg.tracker.group or cfg.experiment_name, job_type, name, False, {}, overrides
+        )
+    sweep_dir = Path(str(hc.sweep.dir))
+    start = "_".join(sweep_dir.parts[-2:])  # outputs/multirun/<date>/<time>: one group per run
+    group = cfg.tracker.group or f"{sweep_name or cfg.experiment_name}-{start}"
+    keys = {k.lstrip("+~") for k in swept_keys(hc)}
+    swept = {
+        short_name(o.key_or_group): _value(o)
+        for o in _parse(overrides)
+        if o.key_or_group.lstrip("+~") in keys
+    }
+    name = ",".join(f"{k}={v}" for k, v in swept.items()) or f"job{hc.job.num}"
+    return RunIdentity(group, job_type, name, True, swept, overrides)
+
+
+def objective_value(cfg: DictConfig, manifest: dict[str, Any] | None) -> float | None:
+    """`sweep.objective` (`<stage>/<metric>`) read from the manifest; NaN if it is missing."""
+    if cfg.sweep.objective is None:
+        return None
+    stage, key = str(cfg.sweep.objective).split("/", 1)
+    for s in (manifest or {}).get("stages", []):
+        if s["stage"] == stage and isinstance(s["metrics"].get(key), (int, float)):
+            return float(s["metrics"][key])
+    log.warning("sweep.objective %s not found in this job's manifest", cfg.sweep.objective)
+    return math.nan
+
+
+def grid_jobs(config: DictConfig) -> list[list[str]] | None:
+    """Every job's overrides of a grid multirun (Hydra's BasicSweeper), or None for others."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    if not str(OmegaConf.select(config, "hydra.sweeper._target_")).endswith("BasicSweeper"):
+        return None  # optuna & co. draw jobs as they go: each job validates itself
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    args = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    return BasicSweeper.split_arguments(_parse(args), None)[0]
+
+
+def validate_jobs(config: DictConfig) -> int:
+    """Compose and validate every job of a grid sweep; raise SweepError on the first bad one."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from c2f_exp.config import STAGE_ORDER, validate
+
+    jobs = grid_jobs(config)
+    if jobs is None:
+        return 0
+    loader = GlobalHydra.instance().config_loader()
+    for i, overrides in enumerate(jobs):
+        try:
+            validate(loader.load_sweep_config(config, list(overrides)), STAGE_ORDER)
+        except Exception as e:  # composition errors (typos) and our named value errors
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SweepError(f"sweep job {i} ({' '.join(overrides)}): {msg}") from e
+    return len(jobs)
+
+
+class SweepError(Exception):
+    """A job of the sweep would fail validation: nothing has run yet."""
+
+
+class SweepCallback(Callback):
+    """Hydra callback: validate a grid sweep up front; compare its jobs when it ends."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        t0 = time.time()
+        try:
+            n = validate_jobs(config)
+        except SweepError as e:
+            log.error("%s", e)
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+        if n:
+            log.info("sweep: %d jobs composed and validated in %.1fs", n, time.time() - t0)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from c2f_exp import compare
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            table = compare.compare([sweep_dir], sweep_dir)
+        except Exception as e:  # the jobs' own results stay; only the summary is missing
+            log.error("sweep: could not write the comparison (%s: %s)", type(e).__name__, e)
+            return
+        failed = [r for r in table if r["status"] == "failed"]
+        log.info(
+            "sweep: %d jobs, %d failed; comparison: %s",
+            len(table),
+            len(failed),
+            sweep_dir / "compare.md",
+        )
+        if failed:
+            for r in failed:
+                print(f"error: sweep job {r['job']} failed: {r.get('error', '')}", file=sys.stderr)
+            raise SystemExit(2)
