@@ -82,7 +82,7 @@ def load_job(job: Path) -> dict[str, Any]:
     status = manifest.get("status", "done")  # manifests of older runs have no status
     if status == "running":
         status = "failed"  # a finished sweep's job that never finished: killed
-        manifest.setdefault("error", "stopped while running (killed?)")
+        manifest.setdefault("error", "did not finish (killed, or still running)")
     row.update(status=status, swept=manifest.get("sweep", {}).get("swept", {}))
     if manifest.get("error"):
         row["error"] = manifest["error"]
@@ -133,7 +133,7 @@ def mean_se(values: list[float]) -> tuple[float, float]:
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
-        return f"{v:.3g}" if abs(v) >= 1000 else f"{v:.2f}"
+        return str(int(v)) if v.is_integer() else f"{v:.0f}" if abs(v) >= 1000 else f"{v:.2f}"
     return "" if v is None else str(v).replace("|", "\\|")
 
 
@@ -158,7 +158,11 @@ def markdown(columns: list[str], flat: list[dict[str, Any]], params: list[str]) 
             cells = []
             for m in metrics:
                 vals = [d[m] for d in ds if _num(d.get(m)) is not None]
-                cells.append("{:.2f} ± {:.2f}".format(*mean_se(vals)) if vals else "")
+                cells.append(
+                    " ± ".join(f"{x:.0f}" if abs(x) >= 1000 else f"{x:.2f}" for x in mean_se(vals))
+                    if vals
+                    else ""
+                )
             lines.append("| " + " | ".join([*map(_fmt, key), str(len(ds)), *cells]) + " |")
     return "\n".join(lines) + "\n"
 
