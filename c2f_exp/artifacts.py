@@ -23,6 +23,28 @@ DONE = "DONE"
 CODE_VERSION = "1"  # bump when a stage's output changes for the same config
 
 
+# Model directories inside each stage's artifact (role -> subdirectory; "" = the artifact itself).
+MODEL_DIRS = {
+    "prepare": {"base": "base", "instruct": "instruct"},
+    "reward": {"reward": "model"},
+    "coarse": {"coarse": "actor"},
+    "merge": {"fine": ""},
+}
+
+
+def model_dirs(stage: str, art: Path) -> dict[str, str]:
+    """role -> model directory (or hub id) a finished stage artifact holds, for manifest.json."""
+    out = {}
+    for role, sub in MODEL_DIRS.get(stage, {}).items():
+        d = art / sub if sub else art
+        if (d / "config.json").is_file():
+            out[role] = str(d)
+    ref = art / "model_ref.json"  # a reward stage that points at a hub reward model
+    if stage == "reward" and "reward" not in out and ref.is_file():
+        out["reward"] = json.loads(ref.read_text())["ref"]
+    return out
+
+
 def config_hash(obj: Any) -> str:
     """Stable 16-hex-digit hash of a JSON-able object (dict keys sorted)."""
     blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))

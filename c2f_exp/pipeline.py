@@ -120,7 +120,8 @@ def _run_stage(
                 if (stage_dir / "metrics.jsonl").is_file():
                     shutil.copy(stage_dir / "metrics.jsonl", tmp / "metrics.jsonl")
             shutil.rmtree(work, ignore_errors=True)
-    tracker.summary({**result["metrics"], "status": status, "artifact": key})
+    tracker.summary({**result["metrics"], "status": status, "artifact": key, "path": str(art)})
+    tracker.images(sorted(art.glob("*.png")))  # length_trace, overoptimization, eval plots
     seconds = round(time.time() - t0, 2) if status == "reused" else result["seconds"]
     return _entry(stage.name, status, art, key, seconds, result["metrics"])
 
@@ -134,6 +135,7 @@ def _entry(name: str, status: str, art: Path, key: str, seconds: float, metrics:
         "config_hash": key,
         "seconds": seconds,
         "metrics": metrics,
+        "models": artifacts.model_dirs(name, art),  # role -> model dir, e.g. coarse: <art>/actor
     }
 
 

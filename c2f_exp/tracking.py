@@ -127,6 +127,14 @@ class Tracker:
                 if isinstance(v, (int, float, bool, str)):
                     self._run.summary[f"{self._stage}/{k}"] = v
 
+    def images(self, paths: list[Path]) -> None:
+        """Log PNG plots of the current stage as wandb images (`<stage>/<file stem>`)."""
+        if self._run is None or not paths:
+            return
+        import wandb
+
+        self._run.log({f"{self._stage}/{p.stem}": wandb.Image(str(p)) for p in paths})
+
     def final(self, headline: dict[str, Any], columns: list[str], rows: list[list]) -> None:
         """The run's headline numbers as `final/<name>` summary keys, and the eval table."""
         if self._run is None:

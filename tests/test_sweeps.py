@@ -45,8 +45,8 @@ def trainings(ms: list[dict]) -> dict[str, int]:
     return out
 
 
-def wandb_run_record(job_dir: Path):
-    """The `run` record (group, name, job_type, config) of a job's offline wandb run file.
+def wandb_records(job_dir: Path) -> list:
+    """The protobuf `Record`s of a job's offline wandb run file.
 
     The .wandb file is a LevelDB-style log (7-byte file header, 32 KiB blocks of chunks with
     a 7-byte crc/length/type header) of protobuf `Record`s: read with wandb's own protobufs.
@@ -54,7 +54,7 @@ def wandb_run_record(job_dir: Path):
     from wandb.proto import wandb_internal_pb2 as pb
 
     (f,) = job_dir.glob("wandb/offline-run-*/*.wandb")
-    data, pos, buf, block = f.read_bytes(), 7, b"", 32768
+    data, pos, buf, block, out = f.read_bytes(), 7, b"", 32768, []
     while pos + 7 <= len(data):
         if block - pos % block < 7:
             pos += block - pos % block
@@ -65,9 +65,22 @@ def wandb_run_record(job_dir: Path):
         if kind in (1, 4):
             rec = pb.Record()
             rec.ParseFromString(buf)
-            if rec.WhichOneof("record_type") == "run":
-                return rec.run
-    raise AssertionError(f"no run record in {f}")
+            out.append(rec)
+    return out
+
+
+def wandb_run_record(job_dir: Path):
+    """The `run` record (group, name, job_type, config) of a job's offline wandb run."""
+    return next(r.run for r in wandb_records(job_dir) if r.WhichOneof("record_type") == "run")
+
+
+def wandb_keys(job_dir: Path, kind: str) -> set[str]:
+    """Keys a job logged as `history` rows or `summary` updates."""
+    recs = [
+        getattr(r, kind) for r in wandb_records(job_dir) if r.WhichOneof("record_type") == kind
+    ]
+    items = [i for rec in recs for i in (rec.item if kind == "history" else rec.update)]
+    return {i.key or "/".join(i.nested_key) for i in items}
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +157,16 @@ def test_sequential_sweep_trains_upstream_once_and_groups_wandb(tmp_path):
     assert [r.display_name for r in runs] == ["lambda=0", "lambda=0.5", "lambda=2"]
     cfgs = [{i.key: json.loads(i.value_json) for i in r.config.update} for r in runs]
     assert [c["lambda"] for c in cfgs] == [0, 0.5, 2]  # swept values: top-level config keys
+    built = next(i for i, m in enumerate(ms) if m["stages"][2]["status"] == "done")
+    history = wandb_keys(sw / str(built), "history")  # the job that trained the Coarse Actor
+    assert {"coarse/limit", "coarse/reward", "coarse/kl", "coarse/gate"} <= history
+    reused = wandb_keys(sw / str(2 - built), "history")  # one that reused it: plot, summary
+    assert "coarse/length_trace/_type" in reused  # the stage plot as a wandb image
+    summary = wandb_keys(sw / str(2 - built), "summary")
+    assert {"final/facts", "final/gold_total", "final/tokens", "coarse/artifact"} <= summary
+    models = {s["stage"]: s["models"] for s in ms[1]["stages"]}
+    assert set(models["prepare"]) == {"base", "instruct"} and set(models["merge"]) == {"fine"}
+    assert (Path(models["coarse"]["coarse"]) / "config.json").is_file()
     assert "merge" in (sw / "compare.md").read_text() or (sw / "compare.csv").is_file()
     # the same sweep again (e.g. after an interruption): nothing is trained or merged twice
     proc = run_sweep(args, tmp_path / "again", cache)
