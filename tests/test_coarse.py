@@ -315,10 +315,19 @@ def test_nonfinite_rewards_are_counted_then_stop():
 
 
 # ---- the trainer on toy rewards -------------------------------------------------------------
-def _trainer(micro: dict, tmp: Path, reward_fn, over: dict | None = None, critic: str = "reward"):
+def _trainer(
+    micro: dict,
+    tmp: Path,
+    reward_fn,
+    over: dict | None = None,
+    critic: str = "reward",
+    gold_source=None,
+):
+    """A CoarseTrainer on the micro world; `gold_source(prompts, rollout)` adds a gold monitor."""
     from transformers import AutoTokenizer
 
     from c2f_exp.rl import critic as cr
+    from c2f_exp.rl.gold_sources import GoldMonitor
     from c2f_exp.rl.length_schedules import build_schedule
     from c2f_exp.rl.ppo import build_kl_controller
     from c2f_exp.rl.trainer import CoarseTrainer
@@ -340,6 +349,7 @@ def _trainer(micro: dict, tmp: Path, reward_fn, over: dict | None = None, critic
         .splitlines()
     ]
     logged: list[tuple[dict, int]] = []
+    monitor = GoldMonitor(gold_source, c, lambda t: t) if gold_source else None
     tr = CoarseTrainer(
         c,
         acc,
@@ -354,6 +364,7 @@ def _trainer(micro: dict, tmp: Path, reward_fn, over: dict | None = None, critic
         tmp,
         lambda m, s: logged.append((m, s)),
         0,
+        monitor=monitor,
     )
     return tr, tok, logged
 
@@ -483,7 +494,34 @@ def test_stage_writes_actor_trace_and_plot(micro, tmp_path):
     lines = (tmp_path / "run" / "coarse" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines[:3]] == [0, 1, 2]
     assert list((tmp_path / "work").glob("ckpt-*")), "checkpoint every 2 steps"
+    _check_overoptimization_files(out, metrics, [json.loads(x) for x in lines[:3]])
+
+
+def _check_overoptimization_files(out: Path, metrics: dict, logged: list[dict]) -> None:
+    """The default gold monitor (every 5 iterations and the last) on a 3-iteration run."""
+    from c2f_exp.rl.gold_monitor import COLUMNS
+
+    assert (out / "overoptimization.png").is_file()
+    with open(out / "overoptimization.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert tuple(rows[0]) == COLUMNS and [int(r["step"]) for r in rows] == [0, 2]
+    assert all(math.isfinite(float(r[k])) for r in rows for k in ("kl", "rm_score", "gold_total"))
+    assert [int(r["n"]) for r in rows] == [8, 8]  # every rollout of the batch was scored
+    assert metrics["gold_points"] == 2 and metrics["stopped_on_gold_at"] is None
+    assert "gold/gold_total" in logged[0] and "gold/gold_total" not in logged[1]
+    assert not any(k.startswith("gold") for k in read_trace(out)[0])  # §5 trace unchanged
 
 
 if __name__ == "__main__":
     drive(sys.argv[1:])
+
+
+def test_coarse_seed_defaults_to_the_run_seed_and_keys_the_artifact(compose):
+    from c2f_exp.stages.coarse import CoarseStage, rl_seed
+
+    st = CoarseStage()
+    default, same = compose([]), compose(["coarse.seed=0"])
+    other, run1 = compose(["coarse.seed=1"]), compose(["seed=1"])
+    assert rl_seed(default) == 0 and rl_seed(other) == 1 and rl_seed(run1) == 1
+    assert st.config_subtree(default) == st.config_subtree(same)  # same RL seed: reused
+    assert st.config_subtree(default) != st.config_subtree(other)

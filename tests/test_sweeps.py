@@ -138,7 +138,10 @@ def test_sweep_grids_are_what_the_issue_asks(compose):
         "none", "magnitude", "dare", "sign_agree"}  # fmt: skip
     assert len(values("length_growth", "length_schedule.rate")) >= 3
     assert len(values("length_growth", "length_schedule.kappa")) >= 2
-    # SCHEDULE_ABLATION_CHECKS
+    scheds = values("schedule_ablation", "length_schedule")
+    assert set(scheds) == {"fixed_lmin", "fixed", "linear", "step", "continuous_max"}
+    assert len(values("schedule_ablation", "coarse.seed")) >= 3
+    assert compose(["+sweep=schedule_ablation"]).coarse.token_budget > 0
     assert compose(["length_schedule=fixed_lmin"]).length_schedule.l_max == compose(
         ["length_schedule=continuous_max"]).length_schedule.l_min  # fmt: skip
 

@@ -31,6 +31,8 @@ class CoarseConf:
     critic_init: str = "reward"  # reward | base (fresh zero head on the base model)
     steps: int = 60  # PPO iterations (at most, with token_budget)
     token_budget: int | None = None  # stop once this many tokens were generated (equal compute)
+    seed: int | None = None  # the RL run's seed (sampling, prompt order); null: the run's `seed`.
+    # Seeds of PPO alone, over one world, base and reward model: sweeps/schedule_ablation.yaml
     batch_size: int = 32  # prompts (= rollouts) per iteration, over all processes
     minibatch_size: int = 16  # per optimizer step, over all processes
     ppo_epochs: int = 2  # updates cost ~3x the rollout on CPU: more rollouts, fewer epochs
@@ -63,6 +65,13 @@ class CoarseConf:
     eval_max_new_tokens: int | None = None  # null: length_schedule.l_max
     dtype: str = "float32"  # policy, critic, reference and reward model weights
     gradient_checkpointing: bool = False
+    # overoptimization monitor (rl/gold_sources.py, rl/gold_monitor.py; Gao et al. 2022)
+    gold_every: int = 0  # score every n-th batch (and the last) with a gold reward too; 0: off
+    gold_source: str = "tinyworld_gold"  # tinyworld_gold | reward_model (gold_reward_model)
+    gold_reward_model: str | None = None  # the held-out "gold" reward model (dir or hub id)
+    early_stop_on_gold: bool = False  # stop when smoothed gold falls while smoothed RM rises
+    gold_window: int = 3  # monitor points per moving average in the stop rule
+    gold_min_drop: float = 1.0  # how far gold's moving average must fall below its best
 
 
 @dataclass
@@ -111,6 +120,7 @@ def validate_coarse(cfg: Any) -> None:
             raise bad_value("coarse.kl_target", None, "a KL target > 0 for kl_controller=adaptive")
         _positive("coarse.kl_target", c.kl_target)
     _check_optional(c)
+    _check_gold(cfg)
     validate_schedule(cfg.get("length_schedule"))
     _check_lengths(cfg)
     validate_distributed(cfg.get("distributed"))
@@ -128,6 +138,20 @@ def _check_optional(c: Any) -> None:
     except (KeyError, IndexError, ValueError):
         want = "text whose only placeholder is {bos}"
         raise bad_value("coarse.prompt_prefix", c.prompt_prefix, want) from None
+
+
+def _check_gold(cfg: Any) -> None:
+    """The overoptimization monitor's keys, and whether its gold source can run here."""
+    from c2f_exp.rl.gold_sources import SOURCES, check_gold_source
+
+    c = cfg.coarse
+    if isinstance(c.gold_every, bool) or c.gold_every < 0:
+        raise bad_value("coarse.gold_every", c.gold_every, "an integer >= 0 (0: monitor off)")
+    check_choice("coarse.gold_source", c.gold_source, tuple(SOURCES))
+    _positive("coarse.gold_window", c.gold_window, integer=True)
+    if not (math.isfinite(c.gold_min_drop) and c.gold_min_drop >= 0):
+        raise bad_value("coarse.gold_min_drop", c.gold_min_drop, "a finite number >= 0")
+    check_gold_source(cfg)
 
 
 def _check_lengths(cfg: Any) -> None:

@@ -190,13 +190,18 @@ def make_reward_fn(
     from c2f_exp.stages.reward import score_texts
 
     def reward_fn(prompts: list[str], rollout: Rollout) -> torch.Tensor:
-        texts = [
-            policy_tok.decode(r[m.bool()], skip_special_tokens=True)
-            for r, m in zip(rollout.response_ids, rollout.response_mask, strict=True)
-        ]
+        texts = decode_responses(policy_tok, rollout)
         return score_texts(rm, rm_tok, prompts, texts, batch_size).float().cpu()
 
     return reward_fn
+
+
+def decode_responses(tok, rollout: Rollout) -> list[str]:
+    """The B responses as text, without special tokens (EOS is implicit in the ending)."""
+    return [
+        tok.decode(r[m.bool()], skip_special_tokens=True)
+        for r, m in zip(rollout.response_ids, rollout.response_mask, strict=True)
+    ]
 
 
 def load_prompts(cfg: Any, prepared: Path | None) -> tuple[list[str], list, list[dict]]:

@@ -4,18 +4,20 @@ One iteration t (DESIGN §2.1): sample the global batch's prompts, generate unde
 force, score with the frozen reward model (a NaN/inf batch is skipped and counted), build the
 experience, run `ppo_epochs` passes of minibatch updates over policy and critic (one optimizer,
 two parameter groups), then feed the batch's pre-update statistics to the length schedule.
+Every `coarse.gold_every` iterations an optional `monitor` (rl/gold_sources.py) also scores the
+batch with a gold reward; its rows ride in the state (and checkpoints) and may stop the run.
 
 Works in one process or under `accelerate launch` (DDP or DeepSpeed ZeRO): each process
 generates its share of the batch; statistics the schedule sees are gathered, so every process
 computes the same limit. Only the main process logs and writes trace files; checkpoints go
 through `accelerator.save_state` (model, optimizer, every process's RNG) plus
-`trainer_state.json` (step, schedule, KL controller, trace), into a temp dir renamed into place.
+`trainer_state.json` (step, schedule, KL controller, trace, gold rows), into a temp dir renamed
+into place.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import logging
 import shutil
@@ -37,8 +39,6 @@ from c2f_exp.rl.rollout import encode_prompts, generate
 
 log = logging.getLogger(__name__)
 STATE = "trainer_state.json"
-TRACE_COLUMNS = ("step", "limit", "reward", "value", "gate", "truncation_rate")
-TRACE_COLUMNS += ("mean_response_length", "kl", "entropy", "tokens_total", "tokens_per_s")
 LOSS_KEYS = ("pg_loss", "vf_loss", "clipfrac", "vf_clipfrac", "approx_kl", "entropy")
 
 
@@ -49,6 +49,8 @@ class TrainState:
     tokens: int = 0  # generated tokens so far, all processes
     resumed_from: int | None = None
     trace: list[dict[str, Any]] = field(default_factory=list)
+    gold: list[dict[str, Any]] = field(default_factory=list)  # overoptimization monitor rows
+    stopped_on_gold: int | None = None  # iteration where coarse.early_stop_on_gold fired
 
 
 def latest_checkpoint(work_dir: Path) -> Path | None:
@@ -77,11 +79,12 @@ class CoarseTrainer:
         log_fn: Callable[[dict, int], None],
         seed: int,
         reward_prompts: list | None = None,
+        monitor: Any = None,
     ):
         self.c, self.acc, self.ref, self.reward_fn = c, accelerator, ref_model, reward_fn
         self.schedule, self.kl_ctl, self.tok, self.prompts = schedule, kl_ctl, tok, prompts
         self.prefix, self.work_dir, self.log_fn, self.seed = prefix, work_dir, log_fn, seed
-        self.reward_prompts = reward_prompts or prompts
+        self.reward_prompts, self.monitor = reward_prompts or prompts, monitor  # GoldMonitor
         n = accelerator.num_processes
         if c.batch_size % n or c.minibatch_size % n:
             msg = f"coarse.batch_size ({c.batch_size}) and minibatch_size ({c.minibatch_size})"
@@ -126,7 +129,8 @@ class CoarseTrainer:
             ids, mask, special = ids.to(dev), mask.to(dev), (tok.eos_token_id, tok.pad_token_id)
             ro = generate(policy, ids, mask, limit, *special, c.temperature, c.top_k)
         t_gen = time.time() - t0
-        scores = self.reward_fn([self.reward_prompts[i] for i in idx], ro).to(dev)
+        rm_prompts = [self.reward_prompts[i] for i in idx]
+        scores = self.reward_fn(rm_prompts, ro).to(dev)
         all_scores = self.acc.gather(scores).cpu()
         if not check_scores(all_scores, self.state.bad_batches, c.max_bad_batches, step):
             self.state.bad_batches += 1
@@ -138,6 +142,10 @@ class CoarseTrainer:
         g = {k: self.acc.gather(v.float()).cpu() for k, v in per_seq.items()}
         red = {k: self.acc.reduce(torch.tensor(v, device=dev), "mean") for k, v in upd.items()}
         upd = {k: float(v) for k, v in red.items()}
+        if self.monitor is not None and self.monitor.due(step):  # gold vs. RM (gold_sources)
+            self.state.gold.append(self.monitor.observe(step, rm_prompts, ro, all_scores, g["kl"]))
+            if self.monitor.should_stop(self.state.gold):
+                self.state.stopped_on_gold = step
         r_mean, v_mean = all_scores.mean().item(), g["value"].mean().item()
         trunc = g["trunc"].mean().item()
         row = {"step": step, "limit": limit, "reward": r_mean, "value": v_mean}
@@ -206,25 +214,31 @@ class CoarseTrainer:
             unit_scale=by_tokens,
             disable=not main,
         )
-        while self.state.step < c.steps and not self.budget_spent():
+        while not self.halted():
             step, tokens_before = self.state.step, self.state.tokens
             row = self.run_step(step)
             self.state.step += 1
             if row is not None:
                 self.state.trace.append(row)
                 if main:
-                    self.log_fn(row, step)
+                    gold = [r for r in self.state.gold[-1:] if r["step"] == step]
+                    gold = {f"gold/{k}": v for r in gold for k, v in r.items() if k != "step"}
+                    self.log_fn({**row, **gold}, step)
                 length = f"{row['mean_response_length']:.0f}"
                 bar.set_postfix(reward=f"{row['reward']:.2f}", limit=row["limit"], len=length)
             bar.update(self.state.tokens - tokens_before if by_tokens else 1)
-            more = self.state.step < c.steps and not self.budget_spent()
-            if more and self.state.step % c.checkpoint_every == 0:
+            if not self.halted() and self.state.step % c.checkpoint_every == 0:
                 self.save_checkpoint()
         bar.close()
         return self.state
 
     def budget_spent(self) -> bool:
         return bool(self.c.token_budget) and self.state.tokens >= self.c.token_budget
+
+    def halted(self) -> bool:
+        """All iterations run, the token budget spent, or stopped on the gold monitor."""
+        st = self.state
+        return st.step >= self.c.steps or self.budget_spent() or st.stopped_on_gold is not None
 
     def save_checkpoint(self) -> Path:
         """Write `ckpt-<step>` atomically: temp dir, then rename; keep the newest few."""
@@ -258,28 +272,3 @@ class CoarseTrainer:
         self.acc.load_state(str(path))
         self.state = TrainState(**{**d["train"], "resumed_from": d["train"]["step"]})
         log.info("resumed from checkpoint %s (step %d of %d)", path, self.state.step, self.c.steps)
-
-
-def write_trace(rows: list[dict], out: Path) -> None:
-    """`length_trace.csv` (DESIGN §5 columns first) and `length_trace.png`."""
-    cols = list(TRACE_COLUMNS) + sorted({k for r in rows for k in r} - set(TRACE_COLUMNS))
-    with open(out / "length_trace.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(3, 1, figsize=(7, 7), sharex=True)
-    panels = (("limit", "mean_response_length"), ("reward", "value"), ("gate", "truncation_rate"))
-    for ax, keys in zip(axes, panels, strict=True):
-        for k in keys:
-            ax.plot([r["step"] for r in rows], [r.get(k) for r in rows], label=k)
-        ax.legend(loc="best", fontsize=8)
-    axes[-1].set_xlabel("PPO iteration")
-    fig.suptitle("Coarse Actor: length limit and its gate")
-    fig.tight_layout()
-    fig.savefig(out / "length_trace.png", dpi=100)
-    plt.close(fig)

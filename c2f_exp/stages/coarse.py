@@ -2,7 +2,9 @@
 
 Policy and frozen reference = base; critic from the reward model (`coarse.critic_init`); frozen
 reward model; limit from `length_schedule`. Artifact: `actor/` (HF model + tokenizer),
-`length_trace.csv/.png`. Checkpoints in the work dir (a killed run resumes); only rank 0 writes.
+`length_trace.csv/.png`, and with `coarse.gold_every` > 0 the overoptimization monitor's
+`overoptimization.csv/.png` (RM score and gold reward against KL; rl/gold_sources.py).
+Checkpoints in the work dir (a killed run resumes); only rank 0 writes.
 Math: c2f_exp/rl/ppo.py; loop: c2f_exp/rl/trainer.py.
 """
 
@@ -23,13 +25,20 @@ log = logging.getLogger(__name__)
 FINAL = ("limit", "reward", "value", "truncation_rate", "mean_response_length", "kl")
 
 
+def rl_seed(cfg: DictConfig) -> int:
+    """The PPO run's seed: `coarse.seed`, or the run's `seed` when that is null."""
+    return cfg.seed if cfg.coarse.seed is None else cfg.coarse.seed
+
+
 class CoarseStage:
     name = "coarse"
 
     def config_subtree(self, cfg: DictConfig) -> dict[str, Any]:
-        sub = {"coarse": cfg.coarse, "length_schedule": cfg.length_schedule, "seed": cfg.seed}
+        sub = {"coarse": cfg.coarse, "length_schedule": cfg.length_schedule}
         sub["policy"] = cfg.model.base
-        return OmegaConf.to_container(OmegaConf.create(sub), resolve=True)
+        out = OmegaConf.to_container(OmegaConf.create(sub), resolve=True)
+        del out["coarse"]["seed"]  # coarse.seed=<the run's seed> is the default's artifact
+        return {**out, "seed": rl_seed(cfg)}
 
     def preflight(self, cfg: DictConfig) -> None:
         from c2f_exp.rl.coarse_config import validate_coarse
@@ -47,37 +56,27 @@ class CoarseStage:
 
         from c2f_exp.rl import critic, ppo
         from c2f_exp.rl.experience import load_prompts, make_reward_fn
+        from c2f_exp.rl.gold_sources import build_monitor
         from c2f_exp.rl.length_schedules import build_schedule
-        from c2f_exp.rl.trainer import CoarseTrainer, write_trace
+        from c2f_exp.rl.traces import write_traces
+        from c2f_exp.rl.trainer import CoarseTrainer
 
         cfg, c = ctx.cfg, ctx.cfg.coarse
         base, rm_ref = model_dir(ctx, "base"), reward_model(ctx)
         prep = _prepared(ctx) if cfg.data.source == "tinyworld" else None
         texts, reward_prompts, eval_rows = load_prompts(cfg, prep)
         acc = critic.build_accelerator(cfg.get("distributed"), c)
-        torch.manual_seed(cfg.seed + acc.process_index)  # each process samples its own rollouts
+        torch.manual_seed(rl_seed(cfg) + acc.process_index)  # each process: its own rollouts
         tok = AutoTokenizer.from_pretrained(base)
         model, ref, rm, rm_tok = critic.build_models(acc, base, rm_ref, c)
         reward_fn = make_reward_fn(rm, rm_tok, tok, c.forward_batch_size)
         kl_ctl = ppo.build_kl_controller(c.kl_controller, c.kl_coef, c.kl_target, c.kl_horizon)
         schedule, prefix = build_schedule(cfg.length_schedule), c.prompt_prefix
         prefix = prefix.format(bos=tok.bos_token or "")
-        log_fn, work = ctx.tracker.log, ctx.work_dir
+        monitor = build_monitor(cfg, tok, acc, prep)  # None unless coarse.gold_every > 0
+        parts = (c, acc, model, ref, reward_fn, schedule, kl_ctl, tok, texts, prefix)
         trainer = CoarseTrainer(
-            c,
-            acc,
-            model,
-            ref,
-            reward_fn,
-            schedule,
-            kl_ctl,
-            tok,
-            texts,
-            prefix,
-            work,
-            log_fn,
-            cfg.seed,
-            reward_prompts,
+            *parts, ctx.work_dir, ctx.tracker.log, rl_seed(cfg), reward_prompts, monitor=monitor
         )
         state = trainer.train()
         full = acc.get_state_dict(trainer.model)  # gathers ZeRO-3 shards: every rank calls it
@@ -87,7 +86,7 @@ class CoarseStage:
             sd = {k.removeprefix("policy."): v for k, v in full.items() if k[:7] == "policy."}
             acc.unwrap_model(trainer.model).policy.save_pretrained(out / "actor", state_dict=sd)
             tok.save_pretrained(out / "actor")
-            write_trace(state.trace, out)
+            metrics.update(write_traces(state, out, monitor is not None))
             last = state.trace[-1] if state.trace else {}
             metrics.update({f"final_{k}": last.get(k) for k in FINAL})
             if eval_rows:
