@@ -7,11 +7,14 @@ group's YAML is merged into these dataclasses and OmegaConf names the offending 
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from c2f_exp.errors import bad_value, check_choice, check_positive
 from c2f_exp.evaluation.config import EvalConf
@@ -149,8 +152,32 @@ def register() -> None:
     ConfigStore.instance().store(name="c2f_schema", node=C2FConfig)
 
 
+def unknown_keys(node: Any, path: str = "") -> Iterator[tuple[str, list[str]]]:
+    """(dotted key, the schema's keys there) for every key the typed schema does not declare.
+
+    Hydra's `+key=value` adds keys even to typed nodes, so `+model.pretrian.steps=5` would be
+    accepted and ignored; free-form dict fields (eval.models, sweep.vars, ...) stay open.
+    """
+    t = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(t):
+        return
+    fields = [f.name for f in dataclasses.fields(t)]
+    for k in node:
+        if k == "hydra" and not path:
+            continue  # the Hydra node of a sweep job's composed config
+        if k not in fields:
+            yield f"{path}{k}", fields
+        elif isinstance(node._get_node(k), DictConfig):
+            yield from unknown_keys(node._get_node(k), f"{path}{k}.")
+
+
 def validate(cfg: DictConfig, implemented: tuple[str, ...]) -> None:
     """Checks OmegaConf's types cannot express. Raises ConfigError naming key and fix."""
+    for key, known in unknown_keys(cfg):
+        name = key.rsplit(".", 1)[-1]
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {key[: -len(name)]}{close[0]}?" if close else "remove it"
+        raise bad_value(key, OmegaConf.select(cfg, key), "a key of the config schema", hint)
     for i, s in enumerate(cfg.stages):
         if s not in STAGE_ORDER:
             raise bad_value(f"stages[{i}]", s, "one of " + ", ".join(STAGE_ORDER))

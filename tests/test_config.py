@@ -109,3 +109,27 @@ def test_stage_order_is_enforced(compose):
     cfg = compose(["stages=[coarse,prepare]"])
     with pytest.raises(ConfigError, match="pipeline order"):
         validate(cfg, ("prepare", "coarse"))
+
+
+@pytest.mark.parametrize(
+    ("override", "named", "hint"),
+    [
+        ("+model.pretrian.steps=5", "model.pretrian", "model.pretrain"),
+        ("+lenght_schedule.l_min=4", "lenght_schedule", "length_schedule"),
+        ("+merger.coeficient=3", "merger.coeficient", "merger.coefficient"),
+    ],
+)
+def test_plus_prefixed_typos_are_refused(compose, override, named, hint):
+    from c2f_exp.config import STAGE_ORDER, validate
+    from c2f_exp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"^{named} must be a key of the config schema"):
+        validate(compose([override]), STAGE_ORDER)
+    with pytest.raises(ConfigError, match=f"did you mean {hint}"):
+        validate(compose([override]), STAGE_ORDER)
+
+
+def test_free_form_dicts_stay_open(compose):
+    from c2f_exp.config import STAGE_ORDER, validate
+
+    validate(compose(["+eval.models.mine=/p", "+sweep.vars.x=1"]), STAGE_ORDER)

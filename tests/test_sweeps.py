@@ -204,6 +204,7 @@ def test_submitit_local_launcher_runs_the_sweep(tmp_path, shared_cache):
     ("args", "named"),
     [
         (["merger.coeficient=1,2"], "merger.coeficient"),  # a swept key that does not exist
+        (["+merger.coeficient=1,2"], "merger.coeficient"),  # ... even with Hydra's + prefix
         (["merger.filter=none,bogus"], "merger.filter"),  # fails validation in job 1 only
         (["merger.coefficient=1", "merger.density=0.5,2"], "merger.density"),
     ],
