@@ -112,7 +112,9 @@ def _run_stage(
             log.info("stage %s: building %s", stage.name, art)
             work = art.with_name(art.name + ".work")
             work.mkdir(parents=True, exist_ok=True)
-            ctx = StageContext(cfg, run_dir, stage_dir, work, tracker, dict(upstream))
+            ctx = StageContext(
+                cfg, run_dir, stage_dir, work, tracker, dict(upstream), final_dir=art
+            )
             with artifacts.atomic_dir(art) as tmp:
                 metrics = stage.run(ctx, tmp)
                 result = {"metrics": metrics, "seconds": round(time.time() - t0, 2)}

@@ -1,7 +1,8 @@
 """The tiny world's lm-eval tasks, written at run time from a `prepare` artifact.
 
-lm-eval resolves `data_files` from the cwd, not from the YAML, so the task files are written into
-a run directory with absolute paths (STACK_NOTES, lm-eval). Two tasks:
+lm-eval resolves `data_files` from the cwd, not from the YAML, so the YAMLs hold absolute paths
+(STACK_NOTES, lm-eval). They are written into the eval stage's temp dir, and `relocate_tasks`
+points them at the finished artifact (and again when a moved cache is reused). Two tasks:
 
 * `tinyworld_mc` (multiple_choice): "what color is the X ?" with full-sentence choices
   ("the X is colored red .", ...) built from `data/mc_questions.jsonl`. All choices share their
@@ -29,6 +30,7 @@ ABOUT_METRICS = (
     "repetition_rate",
     "frac_ge1_correct",
 )
+LOWER_IS_BETTER = frozenset({"wrong_facts", "repetition_rate"})
 _UTILS = (
     '"""Written by c2f_exp.evaluation.tasks: lm-eval loads metrics from a file next to the '
     'YAML."""\nfrom c2f_exp.evaluation.tasks import process_about  # noqa: F401\n'
@@ -61,7 +63,8 @@ def _task(name: str, data: Path, output_type: str, **kw: Any) -> dict[str, Any]:
 
 
 def _mean(metric: str) -> dict[str, Any]:
-    return {"metric": metric, "aggregation": "mean", "higher_is_better": True}
+    better = metric not in LOWER_IS_BETTER
+    return {"metric": metric, "aggregation": "mean", "higher_is_better": better}
 
 
 def _write_mc(src: Path, dest: Path) -> None:
@@ -136,6 +139,28 @@ def materialise_tinyworld(
     if "tinyworld_about" in tasks:
         _write_about(world_path, dest, max_gen_toks)
     return dest
+
+
+def relocate_tasks(task_dir: Path, data_dir: Path) -> list[Path]:
+    """Point the `data_files` of the task YAMLs in `task_dir` at the same file names in
+    `data_dir` (the directory's final place: the eval stage builds it in a temp dir).
+
+    Returns the rewritten YAMLs. Only the `dataset_kwargs:` line `_yaml` wrote is touched.
+    """
+    changed = []
+    for path in sorted(task_dir.glob("tinyworld_*.yaml")):
+        lines = path.read_text().splitlines(keepends=True)
+        for i, line in enumerate(lines):
+            if line.startswith("dataset_kwargs: "):
+                kw = json.loads(line.removeprefix("dataset_kwargs: "))
+                files = kw["data_files"]
+                files.update({k: str(data_dir / Path(v).name) for k, v in files.items()})
+                lines[i] = f"dataset_kwargs: {json.dumps(kw)}\n"
+        text = "".join(lines)
+        if text != path.read_text():
+            path.write_text(text)
+            changed.append(path)
+    return changed
 
 
 @lru_cache(maxsize=8)

@@ -134,32 +134,48 @@ def recipe(m: Any, models, stats, n_layers: int, shards: int, nbytes: int) -> di
     }
 
 
-def model_card(recipe: dict[str, Any]) -> str:
-    """A short README.md recording how the model was made."""
+CARD_PARAMS = (
+    "method",
+    "coefficient",
+    "module_overrides",
+    "filter",
+    "density",
+    "drop_p",
+    "seed",
+    "on_mismatch",
+    "out_dtype",
+)
+
+
+def write_card(out: Path, recipe: dict[str, Any], parents: dict[str, str]) -> Path:
+    """README.md with Hub front matter (c2f_exp/model_card.py): `base_model` lists the inputs
+    that are Hub ids (as mergekit's card does), the recipe sits in the front matter and text.
+
+    Args:
+        out: the merged model directory (the card is written inside it, before its rename).
+        recipe: `recipe(...)`'s dict.
+        parents: role -> the input as the user named it (Hub id or directory).
+    """
+    from c2f_exp.model_card import write_model_card
+
     res = recipe["residue"]
     surv = "n/a" if res["survival"] is None else f"{100 * res['survival']:.2f}%"
-    inputs = "\n".join(
-        f"- {r}: `{v['path']}` (fingerprint `{v['fingerprint'][:16]}`)"
-        for r, v in recipe["inputs"].items()
+    prints = "\n".join(
+        f"- {r}: fingerprint `{v['fingerprint'][:16]}`" for r, v in recipe["inputs"].items()
     )
-    params = {
-        k: recipe[k]
-        for k in (
-            "coefficient",
-            "module_overrides",
-            "filter",
-            "density",
-            "drop_p",
-            "seed",
-            "on_mismatch",
-            "out_dtype",
-        )
-    }
-    return (
-        f"# Merged model ({recipe['method']})\n\nMade by c2f_exp's merge stage with method "
-        f"`{recipe['method']}` (DESIGN §2.2).\n\n## Inputs\n{inputs}\n\n"
-        f"## Recipe\n```json\n{json.dumps(params, indent=2)}\n```\n\n"
+    text = (
+        f"Made by c2f_exp's merge stage with method `{recipe['method']}` (DESIGN §2.2): "
+        "instruct + lambda * filter(coarse - base).\n\n"
+        f"## Input fingerprints\n{prints}\n\n"
         f"## Residue\n- L2 norm: {res['l2']:.6g}\n- survival after output cast: {surv}\n"
         f"- output entries changed vs instruct: {100 * res['changed_fraction']:.2f}%\n\n"
-        f"Full statistics per tensor: `merge_recipe.json`.\n"
+        "Full statistics per tensor: `merge_recipe.json`."
+    )
+    return write_model_card(
+        out,
+        role="fine",
+        description=text,
+        parents=parents,
+        tags=["merge", recipe["method"]],
+        recipe={k: recipe[k] for k in CARD_PARAMS},
     )

@@ -21,6 +21,14 @@ class StageContext:
     work_dir: Path  # survives crashes (checkpoints for resume); removed when the stage is done
     tracker: Tracker
     upstream: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> manifest entry
+    final_dir: Path | None = None  # where `out` is renamed to when the stage completes
+
+
+def final_dir(ctx: StageContext, out: Path) -> Path:
+    """Where the artifact being built in `out` will live (the pipeline renames `out` there when
+    the stage completes): files that name their own path (lm-eval task YAMLs, model cards)
+    write this, not the temp dir. `out` itself for a stage run outside the pipeline."""
+    return Path(ctx.final_dir) if ctx.final_dir is not None else out
 
 
 class Stage(Protocol):

@@ -54,12 +54,14 @@ class CoarseStage:
         import torch
         from transformers import AutoTokenizer
 
+        from c2f_exp.model_card import write_model_card
         from c2f_exp.rl import critic, ppo
         from c2f_exp.rl.experience import load_prompts, make_reward_fn
         from c2f_exp.rl.gold_sources import build_monitor
         from c2f_exp.rl.length_schedules import build_schedule
         from c2f_exp.rl.traces import write_traces
         from c2f_exp.rl.trainer import CoarseTrainer
+        from c2f_exp.tinyworld.tokenizer import save_tokenizer
 
         cfg, c = ctx.cfg, ctx.cfg.coarse
         base, rm_ref = model_dir(ctx, "base"), reward_model(ctx)
@@ -85,12 +87,21 @@ class CoarseStage:
         if acc.is_main_process:
             sd = {k.removeprefix("policy."): v for k, v in full.items() if k[:7] == "policy."}
             acc.unwrap_model(trainer.model).policy.save_pretrained(out / "actor", state_dict=sd)
-            tok.save_pretrained(out / "actor")
+            save_tokenizer(tok, out / "actor")  # a tokenizer class transformers 4.46+ loads
             metrics.update(write_traces(state, out, monitor is not None))
             last = state.trace[-1] if state.trace else {}
             metrics.update({f"final_{k}": last.get(k) for k in FINAL})
             if eval_rows:
                 metrics.update(gold_eval(ctx, base, out / "actor", eval_rows))
+            write_model_card(
+                out / "actor",
+                role="coarse",
+                description="PPO with Continuous Maximization from `policy`, scored by `reward`.",
+                parents={"policy": base, "reward": rm_ref},
+                tags=["ppo", "rlhf"],
+                recipe={"length_schedule": OmegaConf.to_container(cfg.length_schedule)},
+                metrics=metrics,
+            )
             ctx.tracker.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         acc.wait_for_everyone()
         return metrics

@@ -2,7 +2,9 @@
 
 Orchestration only; the work is in `c2f_exp/evaluation/`. Writes into its artifact (and copies
 the report to `<run>/eval/`): results.json, report.md, plots/, lm_eval/<model>/<task>.jsonl,
-lm_eval_tasks/ (the tiny world's task YAMLs), mt_bench/model_answer/, mt_bench/model_judgment/.
+lm_eval_tasks/ (the tiny world's task YAMLs, their data paths naming the finished artifact, so
+`lm_eval --tasks tinyworld_mc --include_path <artifact>/lm_eval_tasks` works),
+mt_bench/model_answer/, mt_bench/model_judgment/.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from c2f_exp import hub
 from c2f_exp.errors import ConfigError
-from c2f_exp.stages import StageContext
+from c2f_exp.stages import StageContext, final_dir
 
 log = logging.getLogger(__name__)
 REPORT_FILES = ("results.json", "report.md", "plots")
+TASK_DIR = "lm_eval_tasks"
 
 
 class EvalStage:
@@ -72,6 +75,7 @@ class EvalStage:
 
     def _run(self, ctx: StageContext, out: Path) -> dict[str, Any]:
         from c2f_exp.evaluation import judges, models, mt_bench, report, runner
+        from c2f_exp.evaluation import tasks as tasks_mod
 
         e, secs = ctx.cfg.eval, {}
         prep = ctx.upstream["prepare"]["path"] if "prepare" in ctx.upstream else None
@@ -108,7 +112,10 @@ class EvalStage:
             },
         }
         files = report.write_report(out, results, meta, tasks, list(e.key_metrics))
-        self.publish(out, ctx.stage_dir)
+        _copy_report(out, ctx.stage_dir)
+        final = final_dir(ctx, out)
+        if (out / TASK_DIR).is_dir():  # lm-eval ran from the temp dir; users run from `final`
+            tasks_mod.relocate_tasks(out / TASK_DIR, final / TASK_DIR)
         metrics = {
             f"{m}/{t}/{k}": results[m][t][k]
             for m in results
@@ -116,16 +123,28 @@ class EvalStage:
             if k in results[m].get(t, {})
         }
         ctx.tracker.log(metrics)
-        log.info("eval report: %s", files["report"])
+        report_name = Path(files["report"]).relative_to(out)
+        log.info("eval report: %s (copy: %s)", final / report_name, ctx.stage_dir / report_name)
         return metrics
 
     @staticmethod
-    def publish(out: Path, stage_dir: Path) -> None:
-        """Copy the report into `<run>/eval/` (the artifact itself lives in the cache)."""
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        for name in REPORT_FILES:
-            src = out / name
-            if src.is_dir():
-                shutil.copytree(src, stage_dir / name, dirs_exist_ok=True)
-            elif src.is_file():
-                shutil.copy(src, stage_dir / name)
+    def publish(art: Path, stage_dir: Path) -> None:
+        """A reused artifact: repoint its task YAMLs at where it is now (older artifacts, a
+        moved cache) and copy the report into `<run>/eval/`."""
+        from c2f_exp.evaluation.tasks import relocate_tasks
+
+        if (art / TASK_DIR).is_dir():
+            for path in relocate_tasks(art / TASK_DIR, art / TASK_DIR):
+                log.info("repointed %s's data_files at %s", path, art / TASK_DIR)
+        _copy_report(art, stage_dir)
+
+
+def _copy_report(out: Path, stage_dir: Path) -> None:
+    """Copy the report into `<run>/eval/` (the artifact itself lives in the cache)."""
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    for name in REPORT_FILES:
+        src = out / name
+        if src.is_dir():
+            shutil.copytree(src, stage_dir / name, dirs_exist_ok=True)
+        elif src.is_file():
+            shutil.copy(src, stage_dir / name)

@@ -80,7 +80,7 @@ class MergeStage:
         log.info("merge %s: %s", m.method, dirs)
         recipe = merge_models(dirs, m, out)
         write_json_atomic(out / RECIPE, recipe)
-        (out / "README.md").write_text(output.model_card(recipe))
+        output.write_card(out, recipe, {r: self._input_ref(ctx, r, d) for r, d in dirs.items()})
         res = recipe["residue"]
         if res["survival"] is not None and res["survival"] < m.survival_warn:
             log.warning(
@@ -106,6 +106,14 @@ class MergeStage:
         }
         ctx.tracker.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         return metrics
+
+    @staticmethod
+    def _input_ref(ctx: StageContext, role: str, local: str) -> str:
+        """A Hub id the input was named by (for the card's `base_model`), else its directory."""
+        ref = ctx.cfg.merger[role]
+        if not ref and role != "coarse":
+            ref = ctx.cfg.model[role].path
+        return str(ref) if ref and not Path(str(ref)).expanduser().is_dir() else local
 
     @staticmethod
     def _input_dir(ctx: StageContext, role: str) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from c2f_exp import hub
-from c2f_exp.stages import StageContext
+from c2f_exp.stages import StageContext, final_dir
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def build_tiny_world(cfg: DictConfig, ctx: StageContext, out: Path) -> dict[str,
 
     from c2f_exp.tinyworld import data, models, quality
     from c2f_exp.tinyworld.scorer import GoldScorer
-    from c2f_exp.tinyworld.tokenizer import train_tokenizer
+    from c2f_exp.tinyworld.tokenizer import save_tokenizer, train_tokenizer
     from c2f_exp.tinyworld.world import generate_world
 
     w_cfg, seed = cfg.data.world, cfg.seed
@@ -112,7 +112,7 @@ def build_tiny_world(cfg: DictConfig, ctx: StageContext, out: Path) -> dict[str,
     hist = models.pretrain(base, tok, docs, cfg.model.pretrain, ctx.work_dir / "pretrain", seed)
     _log_history(ctx, hist, "pretrain")
     base.save_pretrained(out / "base")
-    tok.save_pretrained(out / "base")
+    save_tokenizer(tok, out / "base")
 
     scorer = GoldScorer(world)
     max_new = w_cfg.eval_max_new_tokens
@@ -131,7 +131,7 @@ def build_tiny_world(cfg: DictConfig, ctx: StageContext, out: Path) -> dict[str,
     _log_history(ctx, hist, "sft", offset=cfg.model.pretrain.steps)
     instruct = base  # SFT trained in place; the base is already saved
     instruct.save_pretrained(out / "instruct")
-    tok.save_pretrained(out / "instruct")
+    save_tokenizer(tok, out / "instruct")
     for split, rows in (("heldout", held_rows), ("train", sft_rows[: len(held_rows)])):
         for k, v in quality.answer_quality(
             instruct, tok, scorer, rows, max_new, chat=True
@@ -141,8 +141,32 @@ def build_tiny_world(cfg: DictConfig, ctx: StageContext, out: Path) -> dict[str,
     metrics["targets_met"] = not missed
     if missed:
         log.warning("tiny world below quality targets (value, target): %s", missed)
+    _write_cards(ctx, out, metrics)
     ctx.tracker.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     return metrics
+
+
+def _write_cards(ctx: StageContext, out: Path, metrics: dict[str, Any]) -> None:
+    """README.md model cards for `base/` and `instruct/` (c2f_exp/model_card.py)."""
+    from c2f_exp.model_card import write_model_card
+
+    w = ctx.cfg.data.world
+    world = f"the tiny world (seed {w.seed}, {w.n_entities} entities; `world.json` beside it)"
+    base_dir = str(final_dir(ctx, out) / "base")  # as named once the artifact is in place
+    cards = {
+        "base": (f"Pretrained from scratch on {world}.", None),
+        "instruct": (f"`base` after SFT on the instructions of {world}.", {"base": base_dir}),
+    }
+    for role, (text, parents) in cards.items():
+        numbers = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith(f"{role}/")}
+        write_model_card(
+            out / role,
+            role=role,
+            description=text,
+            parents=parents,
+            tags=["tiny-world", "mistral"],
+            metrics=numbers,
+        )
 
 
 def _log_history(ctx: StageContext, hist: list[dict], phase: str, offset: int = 0) -> None:
