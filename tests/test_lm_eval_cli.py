@@ -65,6 +65,7 @@ def test_eval_report_log_line_names_the_final_artifact(micro):
         ("prepare", "base", "base"),
         ("prepare", "instruct", "instruct"),
         ("coarse", "actor", "coarse"),
+        ("reward", "model", "reward"),
         ("merge", "", "fine"),
     ],
 )

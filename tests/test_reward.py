@@ -108,7 +108,7 @@ def micro(tmp_path_factory):
 def trained(micro, tmp_path_factory):
     torch.manual_seed(0)
     tmp = tmp_path_factory.mktemp("reward")
-    return _run(_cfg(**SMALL), tmp, micro)
+    return _run(_cfg(**SMALL, objective="process", defects={"enabled": True}), tmp, micro)
 
 
 def test_stage_trains_and_writes_a_reward_model(trained):
@@ -160,17 +160,17 @@ def test_score_texts_is_padding_invariant_and_reads_the_eos(micro, trained):
     ids = rmod.encode(tok, prompts[1], answers[1], "plain")
     assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
     assert tok.decode(ids[1:-1]) == f"{prompts[1]} {answers[1]}"
+    assert getattr(model.config, rmod.POOLING_KEY) == "sum"  # objective=process
     with torch.no_grad():
-        manual = model(input_ids=torch.tensor([ids])).logits[0, 0]
-    assert batch[1].item() == pytest.approx(manual.item(), abs=1e-5)
+        per_token = model.score(model.model(input_ids=torch.tensor([ids])).last_hidden_state)
+    assert batch[1].item() == pytest.approx(per_token.sum().item(), abs=1e-4)
 
 
-def test_scoring_matches_trl_training_inputs(trained):
-    """Oracle: TRL's preference collator + the model give the scores `score_ids` gives."""
+def test_scoring_matches_trl_training_inputs(micro):
+    """Oracle: TRL's preference collator + a last-token model give the scores `score_ids` gives."""
     from trl.trainer.reward_trainer import DataCollatorForPreference
 
-    _, art = trained
-    model, tok = rmod.load_reward_model(str(art / "model"))
+    model, tok = rmod.init_reward_model(str(micro / "base"), "plain", 0, pooling="last")
     p = {
         "prompt": "tell me about the x .",
         "chosen": "the x is colored red . the x moves slowly .",

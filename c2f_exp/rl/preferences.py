@@ -127,9 +127,16 @@ class TinyWorldLabeller:
         lines = (prepared / "data" / "ppo_prompts.jsonl").read_text().splitlines()
         self.prompts = [json.loads(x) for x in lines if x.strip()]
         self.policy_dir, self._policy = policy_dir, None
+        self._memo: dict[tuple, Sampled] = {}  # same arguments, same answers: sample once
 
     def sample(self, entities: list[str], k: int, max_new: int, seed: int, limit=None) -> Sampled:
         """`k` answers per "tell me about" prompt of `entities` (at most `limit` prompts)."""
+        key = (tuple(entities), k, max_new, seed, limit)
+        if key not in self._memo:
+            self._memo[key] = self._sample(entities, k, max_new, seed, limit)
+        return self._memo[key]
+
+    def _sample(self, entities: list[str], k: int, max_new: int, seed: int, limit) -> Sampled:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from c2f_exp.tinyworld.quality import generate

@@ -12,6 +12,7 @@ from c2f_exp.errors import ConfigError, bad_value, check_choice, check_positive
 SOURCES = ("tinyworld", "hub")
 FORMATS = ("plain", "chat")
 INITS = ("base", "instruct")
+OBJECTIVES = ("pairwise", "process")
 
 
 @dataclass
@@ -40,6 +41,34 @@ class GoldEvalConf:
     samples_per_prompt: int = 6  # answers sampled per held-out prompt; all pairs compared
     max_prompts: int | None = None  # null: every held-out entity
     max_new_tokens: int = 96
+    defect_pairs_per_kind: int | None = 200  # pairs differing by one defect, each kind; null: all
+
+
+@dataclass
+class DefectConf:
+    """Training pairs that isolate one defect each (wrong fact, repeat, missing explanation,
+    off-topic fact), edited from the on-policy answers in equal shares (rl/defects.py)."""
+
+    enabled: bool = False
+
+
+@dataclass
+class RewardArchConf:
+    """The reward model's own architecture (Mistral); null fields keep the init model's. Same
+    width as the init model: its layers are copied and the extra ones start as the identity
+    (zero output projections); another width starts from scratch (no pretrained knowledge)."""
+
+    hidden_size: int | None = None
+    intermediate_size: int | None = None
+    num_layers: int | None = None
+    num_heads: int | None = None
+    num_kv_heads: int | None = None
+    max_position_embeddings: int | None = None
+
+    @staticmethod
+    def overrides(a: Any) -> dict[str, int]:
+        """The fields of `a` that are set."""
+        return {k: v for k, v in dict(a).items() if v is not None} if a is not None else {}
 
 
 @dataclass
@@ -67,6 +96,10 @@ class RewardConf:
     max_train_pairs: int | None = None  # null: all
     max_test_pairs: int | None = 1000
     eval_batch_size: int = 32
+    objective: str = "pairwise"  # pairwise: Bradley-Terry (TRL) | process: per-sentence, summed
+    rounds: int = 1  # > 1: iterated labelling of best-of-2 answers under the current RM
+    arch: RewardArchConf = field(default_factory=RewardArchConf)  # all null: the init model's
+    defects: DefectConf = field(default_factory=DefectConf)
     train: RewardTrainConf = field(default_factory=RewardTrainConf)
     gold: GoldEvalConf = field(default_factory=GoldEvalConf)
     onpolicy: OnPolicyConf = field(default_factory=OnPolicyConf)
@@ -120,3 +153,67 @@ def validate_reward(cfg: Any) -> None:
                 sub.samples_per_prompt,
                 ">= 2 (answers are compared in pairs)",
             )
+    _validate_recipe(r, cfg.model.get("arch"))
+
+
+def _validate_recipe(r: Any, model_arch: Any) -> None:
+    """objective, rounds, defects and arch of the `reward` group `r`."""
+    check_choice("reward.objective", r.objective, OBJECTIVES)
+    check_positive("reward.rounds", r.rounds)
+    tiny = r.source == "tinyworld" and not r.path
+    for key, value, on in (
+        ("reward.objective", r.objective, r.objective == "process"),
+        ("reward.rounds", r.rounds, r.rounds > 1),
+        ("reward.defects.enabled", r.defects.enabled, r.defects.enabled),
+    ):
+        if on and not tiny:
+            fix = "only the tiny world's gold scorer labels sentences, defects and new samples"
+            raise bad_value(key, value, "its default with reward.source=hub or reward.path", fix)
+    if r.objective == "process" and r.format != "plain":
+        raise bad_value("reward.format", r.format, "plain for reward.objective=process")
+    if r.rounds > 1 and not r.onpolicy.enabled:
+        fix = "set reward.onpolicy.enabled=true, or reward.rounds=1"
+        raise bad_value("reward.rounds", r.rounds, "1 without on-policy samples to relabel", fix)
+    if RewardArchConf.overrides(r.arch):
+        validate_arch(r.arch, model_arch, r.train.max_length)
+
+
+def validate_arch(arch: Any, model_arch: Any, max_length: int) -> None:
+    """A reward-model architecture (`reward.arch`, null fields from `model_arch`, the init
+    model's `model.arch`) that Mistral can build and that reads sequences of up to `max_length`
+    tokens (reward.train.max_length)."""
+    keys = {"num_layers": "num_layers"} | {k: k for k in _ARCH_KEYS}
+    if model_arch is None:
+        fix = "reward.arch only applies to the tiny world's models: leave it null"
+        raise bad_value("reward.arch", RewardArchConf.overrides(arch), "all null here", fix)
+    a = {k: arch[k] if arch[k] is not None else model_arch.get(v) for k, v in keys.items()}
+    for k in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads"):
+        check_positive(f"reward.arch.{k}", a[k])
+    if a["hidden_size"] % a["num_heads"] or (a["hidden_size"] // a["num_heads"]) % 2:
+        raise bad_value(
+            "reward.arch.hidden_size",
+            a["hidden_size"],
+            f"a multiple of num_heads={a['num_heads']} with an even head size (RoPE)",
+        )
+    if a["num_heads"] % a["num_kv_heads"]:
+        raise bad_value(
+            "reward.arch.num_kv_heads",
+            a["num_kv_heads"],
+            f"a divisor of num_heads={a['num_heads']}",
+        )
+    if (a["max_position_embeddings"] or max_length) < max_length:
+        raise bad_value(
+            "reward.arch.max_position_embeddings",
+            a["max_position_embeddings"],
+            f">= reward.train.max_length={max_length} (the longest sequence it reads)",
+            "raise it, or lower reward.train.max_length",
+        )
+
+
+_ARCH_KEYS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_heads",
+    "num_kv_heads",
+    "max_position_embeddings",
+)

@@ -4,7 +4,9 @@ One encoding serves training and scoring, so the reward the PPO loop sees is the
 model was trained on:
 * `plain` (tiny world, as the base model sees text): `<s> {prompt} {response}</s>`;
 * `chat` (hub models): the tokenizer's chat template over the prompt turns plus the response.
-The score is the classification logit at the last non-pad token (the appended EOS).
+The score is the classification logit at the last non-pad token (the appended EOS), or, for a
+model whose config has `c2f_reward_pooling: sum` (process_reward.py), the sum of the per-token
+logits over the non-pad tokens.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from c2f_exp.errors import C2FError, ConfigError
 log = logging.getLogger(__name__)
 Prompt = str | list[dict[str, str]]  # plain text, or chat turns [{"role", "content"}, ...]
 FORMAT_KEY = "c2f_reward_format"  # stored in the reward model's config.json
+POOLING_KEY = "c2f_reward_pooling"  # last (default) | sum, also in config.json
 
 
 class EmptyPreferenceSetError(C2FError):
@@ -43,13 +46,25 @@ def encode(tok: PreTrainedTokenizerBase, prompt: Prompt, response: str, fmt: str
     return ids if ids and ids[-1] == tok.eos_token_id else [*ids, tok.eos_token_id]
 
 
+def token_scores(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The `score` head read at every position: (B, L) ids and mask -> (B, L) float32 scores."""
+    backbone = getattr(model, model.base_model_prefix)
+    hidden = backbone(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    return model.score(hidden).squeeze(-1).float()
+
+
 @torch.no_grad()
 def score_ids(
     model: PreTrainedModel, ids: list[list[int]], pad_id: int, batch_size: int = 32
 ) -> torch.Tensor:
-    """Scores of token sequences, right-padded (positions as in training). Returns (N,)."""
+    """Scores of token sequences, right-padded (positions as in training). Returns (N,).
+
+    Pooling as the model's config says: the last non-pad token's logit, or (`sum`) the sum of
+    the per-token logits over the non-pad tokens.
+    """
     model.eval()
     dev = next(model.parameters()).device
+    pool_sum = getattr(model.config, POOLING_KEY, "last") == "sum"
     out = []
     for i in range(0, len(ids), batch_size):
         chunk = ids[i : i + batch_size]
@@ -59,8 +74,11 @@ def score_ids(
         for j, row in enumerate(chunk):
             x[j, : len(row)] = torch.tensor(row)
             mask[j, : len(row)] = 1
-        logits = model(input_ids=x.to(dev), attention_mask=mask.to(dev)).logits
-        out.append(logits[:, 0].float().cpu())
+        x, mask = x.to(dev), mask.to(dev)
+        if pool_sum:
+            out.append((token_scores(model, x, mask) * mask).sum(-1).cpu())
+        else:
+            out.append(model(input_ids=x, attention_mask=mask).logits[:, 0].float().cpu())
     return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -155,13 +173,19 @@ def pairwise_accuracy(
 
 
 def init_reward_model(
-    src: str, fmt: str, seed: int, template_src: Callable[[], str] | None = None
+    src: str,
+    fmt: str,
+    seed: int,
+    template_src: Callable[[], str] | None = None,
+    pooling: str = "last",
+    arch: Any = None,
 ) -> tuple[Any, Any]:
     """A fresh one-output classifier from model `src`, ready for `train_reward_model`.
 
     The pad token is the tokenizer's, else <unk> (never EOS: the score is read at the EOS). For
     `chat` with a tokenizer that has no chat template (a base model), the template of
-    `template_src()` (the instruct partner) is used.
+    `template_src()` (the instruct partner) is used. `pooling` (last | sum) is stored in the
+    config for `score_ids`; `arch` (RewardArchConf: set fields) grows the model (reward_arch.py).
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -174,8 +198,14 @@ def init_reward_model(
     model = AutoModelForSequenceClassification.from_pretrained(
         src, num_labels=1, dtype=torch.float32
     )
+    over = {k: v for k, v in dict(arch or {}).items() if v is not None}
+    if over:
+        from c2f_exp.rl.reward_arch import grow
+
+        model = grow(model, over, seed)
     model.config.pad_token_id = tok.pad_token_id
     setattr(model.config, FORMAT_KEY, fmt)
+    setattr(model.config, POOLING_KEY, pooling)
     return model, tok
 
 

@@ -18,12 +18,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from c2f_exp import hub
 from c2f_exp.errors import ConfigError
+from c2f_exp.model_card import write_model_card
 from c2f_exp.rl import preferences as prefs
 from c2f_exp.rl import reward_model as rmod
+from c2f_exp.rl import tiny_reward as tiny
 from c2f_exp.rl.reward_config import validate_reward
 from c2f_exp.rl.reward_model import score_texts  # noqa: F401  (public: used by coarse, eval)
 from c2f_exp.stages import StageContext
 from c2f_exp.stages.prepare import model_dir, read_jsonl
+from c2f_exp.tinyworld.tokenizer import save_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -63,57 +66,57 @@ class RewardStage:
             model, tok = rmod.load_reward_model(ref)
             metrics: dict[str, Any] = {"trained": False}
         else:
-            if labeller and r.onpolicy.enabled:
-                o = r.onpolicy
-                sampled = labeller.sample(
-                    labeller.world.train_entities,
-                    o.samples_per_prompt,
-                    o.max_new_tokens,
-                    ctx.cfg.seed + 2,
-                )
-                train = train + prefs.gold_pairs(sampled, o.min_margin, r.train.margin_scale)
-            model, tok, metrics = _train(ctx, train, test, out)
+            model, tok, metrics = _train(ctx, train, test, out, labeller)
         acc = rmod.pairwise_accuracy(model, tok, test, r.format, r.eval_batch_size)
         metrics.update(test_pairs=len(test), test_accuracy=acc["accuracy"])
         metrics["test_margin"] = acc["margin"]
-        if labeller and r.gold.enabled:
-            g = r.gold
-            # Two fresh samples: held-out entities (never in training), and the train entities
-            # whose prompts PPO uses (new answers, seed unlike the on-policy pairs').
-            for prefix, ents, seed in (
-                ("", labeller.world.heldout_entities, ctx.cfg.seed + 1),
-                ("ppo_prompts_", labeller.world.train_entities, ctx.cfg.seed + 3),
-            ):
-                sampled = labeller.sample(
-                    ents, g.samples_per_prompt, g.max_new_tokens, seed, g.max_prompts
-                )
-                agree = prefs.gold_agreement(model, tok, sampled, r.eval_batch_size)
-                metrics.update({prefix + k: v for k, v in agree.items()})
+        if labeller and r.gold.enabled:  # fresh answers for held-out animals and PPO's animals
+            metrics.update(tiny.evaluate_tiny(r, labeller, model, tok, ctx.cfg.seed))
+        if not r.path:  # a linked reward.path directory is the user's: write no card into it
+            write_model_card(
+                out / "model",
+                role="reward",
+                description=f"Bradley-Terry reward model (`{r.objective}` objective) from `init`.",
+                parents={"init": model_dir(ctx, r.init)},
+                tags=["reward-model", "rlhf"],
+                metrics=metrics,
+            )
         numbers = {f"reward/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
         ctx.tracker.log(numbers)
         log.info("reward model: %s", metrics)
         return metrics
 
 
-def _train(ctx: StageContext, train: list[dict], test: list[dict], out: Path) -> tuple:
+def _train(ctx: StageContext, train: list[dict], test: list[dict], out: Path, labeller) -> tuple:
     """Train from `reward.init` and save to `out/model`. Returns (model, tok, metrics)."""
     r, seed = ctx.cfg.reward, ctx.cfg.seed
     prefs.require_pairs(train, "for training")
     model, tok = rmod.init_reward_model(
-        model_dir(ctx, r.init), r.format, seed, lambda: model_dir(ctx, "instruct")
+        model_dir(ctx, r.init),
+        r.format,
+        seed,
+        lambda: model_dir(ctx, "instruct"),
+        pooling="sum" if r.objective == "process" else "last",
+        arch=r.arch,
     )
     init_acc = rmod.pairwise_accuracy(model, tok, test, r.format, r.eval_batch_size)
-    t0 = time.time()
-    hist = rmod.train_reward_model(model, tok, train, r.format, r.train, ctx.work_dir / "rm", seed)
-    seconds = round(time.time() - t0, 2)
-    metrics = {"trained": True, "train_pairs": len(train), "train_seconds": seconds}
-    metrics["test_accuracy_init"] = init_acc["accuracy"]
-    for h in (h for h in hist if "loss" in h):
-        step = int(h.get("step", 0))
-        ctx.tracker.log({"reward/loss": h["loss"], "reward/batch_accuracy": h["accuracy"]}, step)
+    if labeller:
+        metrics = tiny.train_tiny(r, labeller, model, tok, train, seed, ctx.work_dir / "rm")
+    else:
+        t0 = time.time()
+        hist = rmod.train_reward_model(model, tok, train, r.format, r.train, ctx.work_dir, seed)
+        metrics = {"train_pairs": len(train), "train_seconds": round(time.time() - t0, 2)}
+        metrics["history"] = hist
+    for h in (h for h in metrics.pop("history") if "loss" in h):
+        logged = {"reward/loss": h["loss"]}
+        if "accuracy" in h:
+            logged["reward/batch_accuracy"] = h["accuracy"]
+        ctx.tracker.log(logged, int(h.get("step", 0)))
+    metrics.update(trained=True, test_accuracy_init=init_acc["accuracy"])
+    metrics["n_params"] = sum(p.numel() for p in model.parameters())
     model.eval().requires_grad_(False)
     model.save_pretrained(out / "model")
-    tok.save_pretrained(out / "model")
+    save_tokenizer(tok, out / "model")  # a tokenizer class transformers 4.46+ loads
     return model, tok, metrics
 
 
