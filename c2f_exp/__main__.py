@@ -31,7 +31,7 @@ def _app(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     if cfg.sweep.name and not multirun:
-        log.warning("+sweep=%s without -m runs one job with the defaults: add -m", cfg.sweep.name)
+        log.warning("sweep=%s without -m runs one job with the defaults: add -m", cfg.sweep.name)
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     try:
         manifest = run_pipeline(cfg, run_dir)

@@ -118,7 +118,7 @@ class PathsConf:
 
 @dataclass
 class SweepConf:
-    """What a ready-made sweep (`+sweep=<name>`, files in sweeps/) sets besides its parameters."""
+    """What a ready-made sweep (`sweep=<name>`, files in sweeps/) sets besides its parameters."""
 
     name: str | None = None  # names the wandb group (with the sweep's start time) and job_type
     # A manifest metric `<stage>/<metric key>` returned to Hydra sweepers that optimise (optuna),

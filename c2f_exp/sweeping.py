@@ -1,6 +1,6 @@
 """Sweeps: who a job is (wandb group, run name, swept values) and whole-multirun checks.
 
-A multirun (`python -m c2f_exp -m +sweep=<name>`, or `-m key=a,b`) is one wandb group named
+A multirun (`python -m c2f_exp -m sweep=<name>`, or `-m key=a,b`) is one wandb group named
 after the sweep and its start time; each job's run name is built from its swept overrides
 (`lambda=0.5`, `rate=0.3,kappa=2`) and the swept values are top-level config keys, so the
 dashboard's grouping and parallel-coordinates panels work on them. `SweepCallback` (registered

@@ -60,9 +60,9 @@ def sweep(tmp_path):
     d = tmp_path / "multirun"
     values = {(0.5, 0): 2.0, (0.5, 1): 4.0, (1, 0): 5.0, (1, 1): 7.0}
     for n, ((lam, seed), facts) in enumerate(values.items()):
-        ov = ["+sweep=merge_coefficient", f"merger.coefficient={lam}", f"seed={seed}"]
+        ov = ["sweep=merge_coefficient", f"merger.coefficient={lam}", f"seed={seed}"]
         write_job(d, n, ov, manifest(facts, rep=0.1 * n, mt=3.0))
-    job = write_job(d, 4, ["+sweep=merge_coefficient", "merger.coefficient=2", "seed=0"], None)
+    job = write_job(d, 4, ["sweep=merge_coefficient", "merger.coefficient=2", "seed=0"], None)
     (job / "__main__.log").write_text("[x][c2f_exp][ERROR] - merger.coefficient must be ...\n")
     return d
 

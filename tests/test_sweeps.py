@@ -100,10 +100,10 @@ def test_every_sweep_file_composes_and_every_job_validates(name, compose):
     text = (ROOT / "sweeps" / f"{name}.yaml").read_text()
     head = text.split("\n\n")[0]
     assert text.startswith("# @package _global_\n# Question:"), "starts with its question"
-    assert f"python -m c2f_exp -m +sweep={name}" in head, "documents its one line"
-    cfg = compose([f"+sweep={name}"])
+    assert f"python -m c2f_exp -m sweep={name}" in head, "documents its one line"
+    cfg = compose([f"sweep={name}"])
     assert cfg.sweep.name == name
-    full = _compose_with_hydra([f"+sweep={name}"])
+    full = _compose_with_hydra([f"sweep={name}"])
     jobs = grid_jobs(full)
     if jobs is None:  # optuna: parameters are drawn per trial
         assert "params" in full.hydra.sweeper and full.hydra.sweeper.direction == "maximize"
@@ -111,7 +111,7 @@ def test_every_sweep_file_composes_and_every_job_validates(name, compose):
         return
     assert len(jobs) >= 3
     for overrides in jobs:
-        assert f"+sweep={name}" in overrides
+        assert f"sweep={name}" in overrides
         validate(compose(list(overrides)), STAGE_ORDER)
 
 
@@ -129,7 +129,7 @@ def test_sweep_grids_are_what_the_issue_asks(compose):
     from c2f_exp.sweeping import grid_jobs
 
     def values(name: str, key: str) -> list[str]:
-        jobs = grid_jobs(_compose_with_hydra([f"+sweep={name}"]))
+        jobs = grid_jobs(_compose_with_hydra([f"sweep={name}"]))
         return sorted({o.split("=", 1)[1] for j in jobs for o in j if o.startswith(key + "=")})
 
     lam = values("merge_coefficient", "merger.coefficient")
@@ -141,7 +141,8 @@ def test_sweep_grids_are_what_the_issue_asks(compose):
     scheds = values("schedule_ablation", "length_schedule")
     assert set(scheds) == {"fixed_lmin", "fixed", "linear", "step", "continuous_max"}
     assert len(values("schedule_ablation", "coarse.seed")) >= 3
-    assert compose(["+sweep=schedule_ablation"]).coarse.token_budget > 0
+    assert compose(["sweep=schedule_ablation"]).coarse.token_budget > 0
+    assert compose(["sweep=schedule_ablation", "debug=micro"]).coarse.steps == 3  # micro wins
     assert compose(["length_schedule=fixed_lmin"]).length_schedule.l_max == compose(
         ["length_schedule=continuous_max"]).length_schedule.l_min  # fmt: skip
 
@@ -219,7 +220,7 @@ def test_bad_sweep_is_refused_before_any_job_trains(tmp_path, args, named):
 
 
 def test_unknown_sweep_name_lists_the_sweeps(tmp_path):
-    proc = run_sweep(["+sweep=merge_coeficient"], tmp_path / "sw", tmp_path / "cache")
+    proc = run_sweep(["sweep=merge_coeficient"], tmp_path / "sw", tmp_path / "cache")
     assert proc.returncode != 0
     assert "sweep/merge_coeficient" in proc.stderr and "merge_coefficient" in proc.stderr
     assert not (tmp_path / "cache").exists()
@@ -242,7 +243,7 @@ def test_failed_job_is_shown_by_compare_and_fails_the_sweep(tmp_path, shared_cac
 def test_optuna_merge_search_returns_the_objective(tmp_path, shared_cache):
     sw = tmp_path / "sw"
     objective = "fine/text_stats/distinct_2"
-    args = ["+sweep=merge_search", "debug=micro", "tracker=none", "hydra.sweeper.n_trials=2",
+    args = ["sweep=merge_search", "debug=micro", "tracker=none", "hydra.sweeper.n_trials=2",
             f"sweep.objective=eval/{objective}"]  # fmt: skip
     proc = run_sweep(args, sw, shared_cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -256,3 +257,25 @@ def test_optuna_merge_search_returns_the_objective(tmp_path, shared_cache):
     coefs = [next(s for s in m["stages"] if s["stage"] == "merge") for m in ms]
     assert len({c["config_hash"] for c in coefs}) == 2  # two different λ anchor pairs merged
     assert set(ms[0]["sweep"]["swept"]) == {"lambda_first", "lambda_last"}
+
+
+@pytest.mark.parametrize(
+    ("name", "extra", "jobs"),
+    [  # each sweep's one line, narrowed on the command line to keep the suite short
+        ("length_growth", [], 6),
+        ("schedule_ablation", ["coarse.seed=0"], 5),
+        ("seeds", ["seed=0,1", "stages=[prepare,reward,coarse]"], 2),
+        ("merge_coefficient", ["merger.filter=none", "stages=[prepare,reward,coarse,merge]"], 8),
+    ],
+)
+def test_each_sweep_runs_its_one_line_at_micro(tmp_path, shared_cache, name, extra, jobs):
+    """The README's one line (+ debug=micro, which shrinks every job of a sweep)."""
+    sw = tmp_path / "sw"
+    proc = run_sweep([f"sweep={name}", "debug=micro", "tracker=none", *extra], sw, shared_cache)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ms = manifests(sw)
+    assert len(ms) == jobs and all(m["status"] == "done" for m in ms)
+    assert all(m["sweep"]["name"] == name for m in ms)
+    coarse = [s for m in ms for s in m["stages"] if s["stage"] == "coarse"]
+    assert all(s["metrics"]["steps"] <= 3 for s in coarse)  # debug=micro won over the sweep
+    assert (sw / "compare.csv").is_file() and (sw / "compare.md").is_file()

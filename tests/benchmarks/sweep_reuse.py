@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SWEEP = ["+sweep=merge_coefficient", "merger.filter=none", "tracker=none"]
+SWEEP = ["sweep=merge_coefficient", "merger.filter=none", "tracker=none"]
 
 
 def run(args: list[str], cache: Path, out: Path, multirun: bool) -> float:
