@@ -56,14 +56,24 @@ def plot_param(flat: list[dict], params: list[str], x: str, out: Path) -> Path |
         return None
     numeric = all(_as_float(d.get(x)) is not None for d in flat if d.get(x) is not None)
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
-    cats = list(dict.fromkeys(str(d.get(x)) for d in flat))
+    # categorical axis (schedules, lists of per-layer λ): numbers first, in order, then the rest
+    vals = list(dict.fromkeys(d.get(x) for d in flat))
+    cats = [str(v) for v in sorted((v for v in vals if _as_float(v) is not None), key=_as_float)]
+    cats += [str(v) for v in vals if _as_float(v) is None]
     for ax, (m, label) in zip(axes[0], metrics, strict=True):
         for other, pts in _series(flat, params, x, m).items():
-            pts.sort(key=lambda p: _as_float(p[0]) if numeric else cats.index(str(p[0])))
-            xs = [_as_float(p[0]) if numeric else cats.index(str(p[0])) for p in pts]
+            pos = _as_float if numeric else (lambda v: cats.index(str(v)))
+            pts.sort(key=lambda p: pos(p[0]))
             name = ", ".join(f"{k}={v}" for k, v in zip(others, other, strict=True)) or None
-            ax.errorbar(xs, [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
-                        capsize=3, label=name)  # fmt: skip
+            line = [p for p in pts if _as_float(p[0]) is not None]  # joined by a line
+            dots = [p for p in pts if _as_float(p[0]) is None]  # categories: markers only
+            color = None
+            for part, style in ((line, "-"), (dots, "none")):
+                if part:
+                    eb = ax.errorbar([pos(p[0]) for p in part], [p[1] for p in part],
+                                     yerr=[p[2] for p in part], marker="o", capsize=3,
+                                     linestyle=style, color=color, label=name)  # fmt: skip
+                    color, name = eb[0].get_color(), None
         if not numeric:
             ax.set_xticks(range(len(cats)), cats, rotation=30, ha="right", fontsize=8)
         ax.set_xlabel(x)
