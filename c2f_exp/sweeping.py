@@ -49,8 +49,10 @@ def swept_keys(hc: Any) -> list[str]:
     keys = [str(k) for k in (OmegaConf.select(hc, "sweeper.params") or {})]
     master = Path(str(hc.sweep.dir)) / "multirun.yaml"
     if master.is_file():
-        task = OmegaConf.load(master).hydra.overrides.task
-        keys += [o.key_or_group for o in _parse(list(task)) if o.is_sweep_override()]
+        cli = _parse(list(OmegaConf.load(master).hydra.overrides.task))
+        fixed = {o.key_or_group for o in cli if not o.is_sweep_override()}
+        keys = [k for k in keys if k not in fixed]  # `merger.filter=none` narrows a sweep's grid
+        keys += [o.key_or_group for o in cli if o.is_sweep_override()]
     return list(dict.fromkeys(keys))
 
 

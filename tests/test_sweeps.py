@@ -276,6 +276,8 @@ def test_each_sweep_runs_its_one_line_at_micro(tmp_path, shared_cache, name, ext
     ms = manifests(sw)
     assert len(ms) == jobs and all(m["status"] == "done" for m in ms)
     assert all(m["sweep"]["name"] == name for m in ms)
+    if name == "merge_coefficient":  # merger.filter=none fixed on the command line: not swept
+        assert all(set(m["sweep"]["swept"]) == {"lambda"} for m in ms)
     coarse = [s for m in ms for s in m["stages"] if s["stage"] == "coarse"]
     assert all(s["metrics"]["steps"] <= 3 for s in coarse)  # debug=micro won over the sweep
     assert (sw / "compare.csv").is_file() and (sw / "compare.md").is_file()
