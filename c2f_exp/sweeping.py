@@ -69,11 +69,11 @@ def identity(cfg: DictConfig, run_dir: Path) -> RunIdentity:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    hc = HydraConfig.get()
+    hc = HydraConfig.get() if HydraConfig.initialized() else None  # None: called from Python
     sweep_name = cfg.sweep.name
     job_type = sweep_name or cfg.experiment_name
-    overrides = list(hc.overrides.task)
-    if hc.mode != RunMode.MULTIRUN:
+    overrides = list(hc.overrides.task) if hc is not None else []
+    if hc is None or hc.mode != RunMode.MULTIRUN:
         name = f"{cfg.experiment_name}-{run_dir.name}"
         return RunIdentity(
             cfg.tracker.group or cfg.experiment_name, job_type, name, False, {}, overrides

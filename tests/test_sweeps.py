@@ -281,3 +281,16 @@ def test_each_sweep_runs_its_one_line_at_micro(tmp_path, shared_cache, name, ext
     coarse = [s for m in ms for s in m["stages"] if s["stage"] == "coarse"]
     assert all(s["metrics"]["steps"] <= 3 for s in coarse)  # debug=micro won over the sweep
     assert (sw / "compare.csv").is_file() and (sw / "compare.md").is_file()
+
+
+def test_identity_outside_a_hydra_run(compose, monkeypatch):
+    from hydra.core.hydra_config import HydraConfig
+
+    from c2f_exp.sweeping import identity, short_name
+
+    monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: False))
+    ident = identity(compose(["sweep=seeds"]), Path("/tmp/r1"))
+    assert not ident.multirun and ident.name == "tiny_c2f-r1" and ident.job_type == "seeds"
+    assert ident.group == "tiny_c2f" and ident.swept == {}
+    assert [short_name(k) for k in ("merger.coefficient", "+length_schedule.rate", "seed")] == [
+        "lambda", "rate", "seed"]  # fmt: skip
