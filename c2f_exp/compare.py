@@ -12,8 +12,8 @@ directory, or a folder holding several of either. For every job it reads `manife
 * `compare_<param>.png`: metrics against each swept parameter, error bars over seeds; and
   `compare_tokens.png`: facts against generated tokens, one colour per configuration.
 
-Swept parameters are the overrides whose values differ between the jobs (plus what each job's
-manifest records as swept). Needs no network and no wandb.
+Swept parameters are the overrides whose values differ between the jobs. Needs no network and
+no wandb.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from c2f_exp.summary import TABLE, headline
+from c2f_exp.summary import TABLE, headline, number
+from c2f_exp.sweeping import _parse, short_name
 
 log = logging.getLogger(__name__)
 SEED_KEYS = ("seed",)
@@ -57,10 +58,8 @@ def _overrides(job: Path) -> dict[str, str]:
         return {}
     from omegaconf import OmegaConf
 
-    from c2f_exp.sweeping import _parse
-
     return {
-        o.key_or_group.lstrip("+~"): o.get_value_element_as_str()
+        o.key_or_group: o.get_value_element_as_str()
         for o in _parse([str(x) for x in OmegaConf.load(f)])
     }
 
@@ -83,7 +82,7 @@ def load_job(job: Path) -> dict[str, Any]:
     if status == "running":
         status = "failed"  # a finished sweep's job that never finished: killed
         manifest.setdefault("error", "did not finish (killed, or still running)")
-    row.update(status=status, swept=manifest.get("sweep", {}).get("swept", {}))
+    row["status"] = status
     if manifest.get("error"):
         row["error"] = manifest["error"]
     return {**row, **headline(manifest)}
@@ -95,21 +94,14 @@ def swept_params(rows: list[dict[str, Any]]) -> list[str]:
     return [k for k in keys if len({r["overrides"].get(k) for r in rows}) > 1]
 
 
-def _short(key: str) -> str:
-    from c2f_exp.sweeping import short_name
-
-    return short_name(key)
-
-
-def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
+def table(rows: list[dict[str, Any]], params: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
     """Flat rows for the CSV: swept values (short names), status, every headline key."""
-    params = swept_params(rows)
     flat = []
     for r in rows:
-        d = {"job": r["job"], **{_short(k): r["overrides"].get(k) for k in params}}
-        d.update({k: v for k, v in r.items() if k not in ("overrides", "swept", "job")})
+        d = {"job": r["job"], **{short_name(k): r["overrides"].get(k) for k in params}}
+        d.update({k: v for k, v in r.items() if k not in ("overrides", "job")})
         flat.append(d)
-    first = ["job", *(_short(k) for k in params), "status"]
+    first = ["job", *(short_name(k) for k in params), "status"]
     rest = sorted({k for d in flat for k in d} - set(first) - {"error", "path"})
     return [*first, *rest, "error", "path"], flat
 
@@ -131,9 +123,13 @@ def mean_se(values: list[float]) -> tuple[float, float]:
     return m, se
 
 
+def _fixed(x: float) -> str:
+    return f"{x:.0f}" if abs(x) >= 1000 else f"{x:.2f}"
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
-        return str(int(v)) if v.is_integer() else f"{v:.0f}" if abs(v) >= 1000 else f"{v:.2f}"
+        return str(int(v)) if v.is_integer() else _fixed(v)
     return "" if v is None else str(v).replace("|", "\\|")
 
 
@@ -150,25 +146,17 @@ def markdown(columns: list[str], flat: list[dict[str, Any]], params: list[str]) 
     seeds = [p for p in params if p in SEED_KEYS]
     if seeds:
         keys = [p for p in params if p not in SEED_KEYS]
-        metrics = [c for c in TABLE[1:] if any(_num(d.get(c)) for d in flat)]
+        metrics = [c for c in TABLE[1:] if any(number(d.get(c)) is not None for d in flat)]
         lines += ["", f"Mean ± standard error over {seeds[0]}s:", ""]
         lines += ["| " + " | ".join([*keys, "n", *metrics]) + " |"]
         lines += ["|---" * (len(keys) + 1 + len(metrics)) + "|"]
         for key, ds in groups(flat, params).items():
             cells = []
             for m in metrics:
-                vals = [d[m] for d in ds if _num(d.get(m)) is not None]
-                cells.append(
-                    " ± ".join(f"{x:.0f}" if abs(x) >= 1000 else f"{x:.2f}" for x in mean_se(vals))
-                    if vals
-                    else ""
-                )
+                vals = [d[m] for d in ds if number(d.get(m)) is not None]
+                cells.append(" ± ".join(map(_fixed, mean_se(vals))) if vals else "")
             lines.append("| " + " | ".join([*map(_fmt, key), str(len(ds)), *cells]) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def compare(paths: list[Path], out: Path) -> list[dict[str, Any]]:
@@ -182,8 +170,9 @@ def compare(paths: list[Path], out: Path) -> list[dict[str, Any]]:
     if len({r["job"] for r in rows}) < len(rows):  # several sweeps: name jobs by their path
         for r in rows:
             r["job"] = "/".join(Path(r["path"]).parts[-3:])
-    columns, flat = table(rows)
-    params = [_short(k) for k in swept_params(rows)]
+    swept = swept_params(rows)
+    columns, flat = table(rows, swept)
+    params = [short_name(k) for k in swept]
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "compare.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")

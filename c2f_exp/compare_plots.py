@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from c2f_exp.compare import SEED_KEYS, _num, groups, mean_se
+from c2f_exp.compare import SEED_KEYS, groups, mean_se
+from c2f_exp.summary import number
 
 METRICS = (
     ("facts", "gold facts / answer"),
@@ -36,7 +37,7 @@ def _series(flat: list[dict], params: list[str], x: str, metric: str) -> dict[tu
     ix = keys.index(x)
     out: dict[tuple, list] = {}
     for key, ds in groups(flat, params).items():
-        vals = [d[metric] for d in ds if _num(d.get(metric))]
+        vals = [d[metric] for d in ds if number(d.get(metric)) is not None]
         if vals:
             other = key[:ix] + key[ix + 1 :]
             out.setdefault(other, []).append((key[ix], *mean_se(vals)))
@@ -92,7 +93,7 @@ def plot_param(flat: list[dict], params: list[str], x: str, out: Path) -> Path |
 
 def plot_tokens(flat: list[dict], params: list[str], out: Path) -> Path | None:
     """`compare_tokens.png`: gold facts against generated tokens, a colour per configuration."""
-    pts = [d for d in flat if _num(d.get("tokens")) and _num(d.get("facts"))]
+    pts = [d for d in flat if None not in (number(d.get("tokens")), number(d.get("facts")))]
     if not pts:
         return None
     import matplotlib

@@ -43,7 +43,8 @@ TABLE = (
 )  # fmt: skip
 
 
-def _num(v: Any) -> float | None:
+def number(v: Any) -> float | None:
+    """`v` as a float if it is a number (bools are not), else None."""
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
@@ -61,19 +62,19 @@ def headline(manifest: dict[str, Any]) -> dict[str, Any]:
         out[f"status_{stage}"] = s.get("status")
     coarse = by_stage.get("coarse", {}).get("metrics", {})
     for key, name in COARSE.items():
-        out[name] = _num(coarse.get(key))
+        out[name] = number(coarse.get(key))
     reward = by_stage.get("reward", {}).get("metrics", {})
     for key, name in REWARD.items():
-        out[name] = _num(reward.get(key))
+        out[name] = number(reward.get(key))
     ev = by_stage.get("eval", {}).get("metrics", {})
     model = _eval_model(ev)
     if model is not None:
         out["model"] = model
         for name, (key, _) in GOLD.items():
-            out[name] = _num(ev.get(f"{model}/{key}"))
-        out["mt_bench"] = _num(ev.get(f"{model}/mt_bench/average"))
+            out[name] = number(ev.get(f"{model}/{key}"))
+        out["mt_bench"] = number(ev.get(f"{model}/mt_bench/average"))
         accs = [
-            _num(v)
+            number(v)
             for k, v in ev.items()
             if k.startswith(f"{model}/") and k.endswith("/acc")
             and k.split("/")[1] not in NOT_LM_EVAL
@@ -83,7 +84,7 @@ def headline(manifest: dict[str, Any]) -> dict[str, Any]:
     elif coarse:
         out["model"] = "coarse"
         for name, (_, key) in GOLD.items():
-            out[name] = _num(coarse.get(f"actor/heldout_{key}"))
+            out[name] = number(coarse.get(f"actor/heldout_{key}"))
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -92,7 +93,7 @@ def eval_table(manifest: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     ev = next((s["metrics"] for s in manifest.get("stages", []) if s["stage"] == "eval"), {})
     per_model: dict[str, dict[str, Any]] = {}
     for k, v in ev.items():
-        if "/" in k and _num(v) is not None:
+        if "/" in k and number(v) is not None:
             model, metric = k.split("/", 1)
             per_model.setdefault(model, {})[metric] = v
     metrics = sorted({m for row in per_model.values() for m in row})

@@ -85,7 +85,7 @@ def identity(cfg: DictConfig, run_dir: Path) -> RunIdentity:
     swept = {
         short_name(o.key_or_group): _value(o)
         for o in _parse(overrides)
-        if o.key_or_group.lstrip("+~") in keys
+        if o.key_or_group in keys  # key_or_group carries no +/~ prefix
     }
     name = ",".join(f"{k}={v}" for k, v in swept.items()) or f"job{hc.job.num}"
     return RunIdentity(group, job_type, name, True, swept, overrides)

@@ -122,3 +122,16 @@ def test_cli_errors_on_a_missing_dir(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 2 and proc.stderr.startswith("error: compare:")
     assert "Traceback" not in proc.stderr
+
+
+def test_seed_means_skip_jobs_that_lack_a_metric(tmp_path):
+    d = tmp_path / "multirun"
+    for n, seed in enumerate((0, 1)):
+        m = manifest(4.0 + 2 * n, 0.0, 3.0)
+        if n == 1:  # an eval without MT-Bench: the mean over seeds uses the one value there is
+            del m["stages"][1]["metrics"]["fine/mt_bench/average"]
+        write_job(d, n, ["merger.coefficient=1", f"seed={seed}"], m)
+    compare.compare([d], d)
+    md = (d / "compare.md").read_text()
+    assert "| 2 | 5.00 ± 1.00 |" in md  # facts over both seeds
+    assert "3.00 ± 0.00" in md  # mt_bench from seed 0 alone
