@@ -133,3 +133,15 @@ def test_free_form_dicts_stay_open(compose):
     from c2f_exp.config import STAGE_ORDER, validate
 
     validate(compose(["+eval.models.mine=/p", "+sweep.vars.x=1"]), STAGE_ORDER)
+
+
+@pytest.mark.parametrize("objective", ["fine/mt_bench/average", "merge/residue_l2"])
+def test_sweep_objective_must_name_a_stage_of_the_run(compose, objective):
+    from c2f_exp.config import STAGE_ORDER, validate
+    from c2f_exp.errors import ConfigError
+
+    # no <stage>/ prefix; a stage this run does not have
+    cfg = compose([f"sweep.objective={objective}", "stages=[prepare,reward,coarse]"])
+    with pytest.raises(ConfigError, match=r"^sweep.objective must be '<stage>/.*; e\.g\. sweep"):
+        validate(cfg, STAGE_ORDER)
+    validate(compose(["sweep.objective=coarse/final_reward"]), STAGE_ORDER)  # a good one
