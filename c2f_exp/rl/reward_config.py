@@ -53,6 +53,14 @@ class DefectConf:
 
 
 @dataclass
+class KnowledgeConf:
+    """A learned head over the init LM's surprisal on top of the classifier (knowledge_reward.py):
+    the classifier alone cannot tell a true fact from a false one; the LM can."""
+
+    enabled: bool = False
+
+
+@dataclass
 class RewardArchConf:
     """The reward model's own architecture (Mistral); null fields keep the init model's. Same
     width as the init model: its layers are copied and the extra ones start as the identity
@@ -100,6 +108,7 @@ class RewardConf:
     rounds: int = 1  # > 1: iterated labelling of best-of-2 answers under the current RM
     arch: RewardArchConf = field(default_factory=RewardArchConf)  # all null: the init model's
     defects: DefectConf = field(default_factory=DefectConf)
+    knowledge: KnowledgeConf = field(default_factory=KnowledgeConf)
     train: RewardTrainConf = field(default_factory=RewardTrainConf)
     gold: GoldEvalConf = field(default_factory=GoldEvalConf)
     onpolicy: OnPolicyConf = field(default_factory=OnPolicyConf)
@@ -165,12 +174,18 @@ def _validate_recipe(r: Any, model_arch: Any) -> None:
         ("reward.objective", r.objective, r.objective == "process"),
         ("reward.rounds", r.rounds, r.rounds > 1),
         ("reward.defects.enabled", r.defects.enabled, r.defects.enabled),
+        ("reward.knowledge.enabled", r.knowledge.enabled, r.knowledge.enabled),
     ):
         if on and not tiny:
             fix = "only the tiny world's gold scorer labels sentences, defects and new samples"
             raise bad_value(key, value, "its default with reward.source=hub or reward.path", fix)
     if r.objective == "process" and r.format != "plain":
         raise bad_value("reward.format", r.format, "plain for reward.objective=process")
+    if r.knowledge.enabled and r.objective != "pairwise":
+        fix = "the knowledge head is fitted on preference pairs"
+        raise bad_value(
+            "reward.knowledge.enabled", True, "false for reward.objective=process", fix
+        )
     if r.rounds > 1 and not r.onpolicy.enabled:
         fix = "set reward.onpolicy.enabled=true, or reward.rounds=1"
         raise bad_value("reward.rounds", r.rounds, "1 without on-policy samples to relabel", fix)

@@ -6,7 +6,8 @@ model was trained on:
 * `chat` (hub models): the tokenizer's chat template over the prompt turns plus the response.
 The score is the classification logit at the last non-pad token (the appended EOS), or, for a
 model whose config has `c2f_reward_pooling: sum` (process_reward.py), the sum of the per-token
-logits over the non-pad tokens.
+logits over the non-pad tokens. A model with a knowledge head (knowledge_reward.py) adds a
+learned term over a language model's surprisal.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from c2f_exp.errors import C2FError, ConfigError
+from c2f_exp.rl import knowledge_reward as knowledge
 
 log = logging.getLogger(__name__)
 Prompt = str | list[dict[str, str]]  # plain text, or chat turns [{"role", "content"}, ...]
@@ -60,25 +62,20 @@ def score_ids(
     """Scores of token sequences, right-padded (positions as in training). Returns (N,).
 
     Pooling as the model's config says: the last non-pad token's logit, or (`sum`) the sum of
-    the per-token logits over the non-pad tokens.
+    the per-token logits over the non-pad tokens; plus the knowledge head where the model has
+    one (knowledge_reward.py).
     """
     model.eval()
     dev = next(model.parameters()).device
     pool_sum = getattr(model.config, POOLING_KEY, "last") == "sum"
     out = []
     for i in range(0, len(ids), batch_size):
-        chunk = ids[i : i + batch_size]
-        width = max(map(len, chunk))
-        x = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros_like(x)
-        for j, row in enumerate(chunk):
-            x[j, : len(row)] = torch.tensor(row)
-            mask[j, : len(row)] = 1
-        x, mask = x.to(dev), mask.to(dev)
+        x, mask = (t.to(dev) for t in knowledge.pad_batch(ids[i : i + batch_size], pad_id))
         if pool_sum:
-            out.append((token_scores(model, x, mask) * mask).sum(-1).cpu())
+            r = (token_scores(model, x, mask) * mask).sum(-1).cpu()
         else:
-            out.append(model(input_ids=x, attention_mask=mask).logits[:, 0].float().cpu())
+            r = model(input_ids=x, attention_mask=mask).logits[:, 0].float().cpu()
+        out.append(knowledge.combine(model, r, x, mask))
     return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -108,7 +105,10 @@ def load_reward_model(
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(ref)
-    model = AutoModelForSequenceClassification.from_pretrained(ref, dtype=dtype)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        ref, dtype=dtype, use_safetensors=True
+    )
+    knowledge.maybe_attach(model, ref, dtype)
     if not trainable:
         model.eval().requires_grad_(False)
     return model, tok

@@ -6,6 +6,8 @@ Training data (all about the training entities; held-out entities are only ever 
 * on-policy answers sampled from the init policy, ordered (`pairwise`) or labelled sentence by
   sentence (`process`) by the gold scorer;
 * `defects`: edits of those answers that isolate one defect each (defects.py), equal shares;
+* `knowledge`: a learned head over the init LM's surprisal, fitted on the same pairs after the
+  classifier (knowledge_reward.py);
 * `rounds` > 1: iterated labelling. Each later round samples twice as many fresh answers, keeps
   the half the current reward model ranks highest per prompt (best-of-2 under the current RM:
   the answers a policy optimising it moves towards, Llama 2's rejection sampling), labels them
@@ -21,6 +23,7 @@ from typing import Any
 import torch
 
 from c2f_exp.rl import defects as dfx
+from c2f_exp.rl import knowledge_reward as knowledge
 from c2f_exp.rl import preferences as prefs
 from c2f_exp.rl import reward_model as rmod
 from c2f_exp.rl.process_reward import label, train_process
@@ -83,7 +86,7 @@ def _best_half(model, tok, s: prefs.Sampled, batch_size: int) -> prefs.Sampled:
 
 
 def train_tiny(
-    r: Any, labeller: Any, model, tok, static: list[dict], seed: int, workdir
+    r: Any, labeller: Any, model, tok, static: list[dict], seed: int, workdir, lm_src=None
 ) -> dict[str, Any]:
     """Train `model` (from init) on the tiny world's data for `r.rounds` rounds. Returns
     metrics (train_pairs: pairs or labelled answers of the last round, train_seconds)."""
@@ -103,8 +106,29 @@ def train_tiny(
         prefs.require_pairs(data, "for training")
         hist += _fit(model, tok, data, r, workdir / f"round{rnd}", seed + rnd)
     model.eval().requires_grad_(False)
-    secs = round(time.time() - t0, 2)
-    return {"train_pairs": len(data), "train_seconds": secs, "history": hist}
+    out: dict[str, Any] = {"train_pairs": len(data)}
+    if r.knowledge.enabled:
+        out["knowledge_train_accuracy"] = fit_knowledge(
+            model, tok, data, lm_src or labeller.policy_dir
+        )
+    out.update(train_seconds=round(time.time() - t0, 2), history=hist)
+    return out
+
+
+def fit_knowledge(model, tok, pairs: list[dict], lm_src: str) -> float:
+    """Fit and attach the knowledge head (knowledge_reward.py) on the training `pairs`, with the
+    causal LM at `lm_src` (the reward model's init). Returns its training pair accuracy."""
+    lm = knowledge.load_lm(lm_src)
+    enc = {
+        side: [rmod.encode(tok, p["prompt"], p[side], "plain") for p in pairs]
+        for side in ("chosen", "rejected")
+    }
+    rm = {k: rmod.score_ids(model, v, tok.pad_token_id) for k, v in enc.items()}
+    f = {k: knowledge.features_of(lm, v, tok.pad_token_id) for k, v in enc.items()}
+    head = knowledge.fit(rm["chosen"] - rm["rejected"], f["chosen"], f["rejected"])
+    setattr(model.config, knowledge.KEY, {**head, "lm": knowledge.LM_DIR})
+    knowledge.attach(model, lm)
+    return head["train_accuracy"]
 
 
 def evaluate_tiny(r: Any, labeller: Any, model, tok, seed: int) -> dict[str, Any]:

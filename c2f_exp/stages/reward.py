@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from c2f_exp import hub
 from c2f_exp.errors import ConfigError
 from c2f_exp.model_card import write_model_card
+from c2f_exp.rl import knowledge_reward as knowledge
 from c2f_exp.rl import preferences as prefs
 from c2f_exp.rl import reward_model as rmod
 from c2f_exp.rl import tiny_reward as tiny
@@ -101,7 +102,9 @@ def _train(ctx: StageContext, train: list[dict], test: list[dict], out: Path, la
     )
     init_acc = rmod.pairwise_accuracy(model, tok, test, r.format, r.eval_batch_size)
     if labeller:
-        metrics = tiny.train_tiny(r, labeller, model, tok, train, seed, ctx.work_dir / "rm")
+        metrics = tiny.train_tiny(
+            r, labeller, model, tok, train, seed, ctx.work_dir / "rm", model_dir(ctx, r.init)
+        )
     else:
         t0 = time.time()
         hist = rmod.train_reward_model(model, tok, train, r.format, r.train, ctx.work_dir, seed)
@@ -116,6 +119,7 @@ def _train(ctx: StageContext, train: list[dict], test: list[dict], out: Path, la
     metrics["n_params"] = sum(p.numel() for p in model.parameters())
     model.eval().requires_grad_(False)
     model.save_pretrained(out / "model")
+    knowledge.save(model, out / "model")  # its LM beside it, when it has a knowledge head
     save_tokenizer(tok, out / "model")  # a tokenizer class transformers 4.46+ loads
     return model, tok, metrics
 

@@ -36,6 +36,11 @@ VARIANTS: dict[str, dict] = {
     "process + defects, 4 epochs lr 2e-3": {**PROC, "train": {"epochs": 4, "lr": 2e-3}},
     "process + defects, 2 rounds": {**PROC, "rounds": 2},
     "process + defects, 6 layers": {**PROC, "arch": {"num_layers": 6}},
+    "bt_last + knowledge": {"knowledge": {"enabled": True}},
+    "bt_last + defects + knowledge": {
+        "defects": {"enabled": True},
+        "knowledge": {"enabled": True},
+    },
 }
 COLS = (
     ("held-out", "gold_agreement"),
