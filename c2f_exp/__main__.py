@@ -24,12 +24,19 @@ def _app(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from c2f_exp import cli_errors, secrets
     from c2f_exp.errors import C2FError
     from c2f_exp.pipeline import run_pipeline
     from c2f_exp.sweeping import objective_value
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    cli_errors.job_started()
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    if hc.output_subdir:  # Hydra saved the config and overrides as typed: redact them first
+        secrets.scrub_hydra_dir(run_dir / str(hc.output_subdir))
+    if multirun:
+        secrets.scrub_yaml(Path(str(hc.sweep.dir)) / "multirun.yaml")
     if cfg.sweep.name and not multirun:
         log.warning("sweep=%s without -m runs one job with the defaults: add -m", cfg.sweep.name)
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
@@ -38,8 +45,9 @@ def _app(cfg: DictConfig) -> float | None:
     except C2FError as e:
         if full_error:
             raise
-        log.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
+        msg = secrets.redact_text(str(e))  # e.g. a judge URL with user:pass@
+        log.error("%s", msg)
+        print(f"error: {msg}", file=sys.stderr)
         if multirun:
             return objective_value(cfg, None)
         raise SystemExit(2) from None
@@ -55,7 +63,10 @@ def _app(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    from c2f_exp import cli_errors
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cli_errors.install()  # composition errors (typos, wrong types): one line, exit 2
     _app()
 
 

@@ -9,18 +9,58 @@ A lock file per key lets parallel sweep jobs wait for one builder and then reuse
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import functools
 import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from c2f_exp.errors import C2FError, ConfigError
+
 DONE = "DONE"
-CODE_VERSION = "1"  # bump when a stage's output changes for the same config
+# Failures of a write that say "this disk/path cannot take it" (not a bug): named errors.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+class ArtifactWriteError(C2FError):
+    """An artifact or checkpoint could not be written (disk full, no permission)."""
+
+    @classmethod
+    def from_os_error(cls, e: OSError, art: Path) -> ArtifactWriteError:
+        path = e.filename or art
+        free = _free_mb(art)
+        return cls(
+            f"cannot write {path} ({e.strerror or e}); the previous artifact at {art}, if any, "
+            f"is intact; {free} free there; free space or set paths.cache_dir=/a/larger/disk"
+        )
+
+
+def _free_mb(path: Path) -> str:
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return f"{shutil.disk_usage(p).free / 2**20:.0f} MiB"
+    except OSError:
+        return "unknown space"
+
+
+@functools.cache
+def package_version() -> str:
+    """The installed c2f_exp version: part of every cache key, so an upgraded install never
+    reuses artifacts built by older code (no hand-bumped constant to forget)."""
+    try:
+        return importlib.metadata.version("c2f_exp")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        return "0+unknown"
 
 
 # Model directories inside each stage's artifact (role -> subdirectory; "" = the artifact itself).
@@ -48,7 +88,7 @@ def model_dirs(stage: str, art: Path) -> dict[str, str]:
 def config_hash(obj: Any) -> str:
     """Stable 16-hex-digit hash of a JSON-able object (dict keys sorted)."""
     blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(f"{CODE_VERSION}:{blob}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{package_version()}:{blob}".encode()).hexdigest()[:16]
 
 
 def is_complete(path: Path) -> bool:
@@ -83,6 +123,34 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def clear_orphans(final: Path) -> list[Path]:
+    """Remove `.tmp-<key>-*` / `.old-<key>-*` dirs left by killed builds of artifact `final`.
+
+    Call it holding `claim(final)`: every builder of this key holds that lock while its temp
+    dir exists, so any temp dir seen under the lock belongs to a dead process."""
+    gone = []
+    for pattern in (f".tmp-{final.name}-*", f".old-{final.name}-*"):
+        for p in final.parent.glob(pattern):
+            shutil.rmtree(p, ignore_errors=True)
+            gone.append(p)
+    return gone
+
+
+def check_writable(path: Path, key: str) -> Path:
+    """`path` as a directory this process can write (created if missing), else ConfigError:
+    checked at preflight, before wandb starts or anything trains."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        raise ConfigError(
+            f"{key}={path} is not a writable directory ({type(e).__name__}: "
+            f"{e.strerror or e}); set {key}=/a/writable/dir"
+        ) from None
+    return path
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -22,6 +22,7 @@ from c2f_exp.merging.config import MergerConf
 from c2f_exp.rl.coarse_config import CoarseConf, DistributedConf
 from c2f_exp.rl.config import LengthScheduleConf
 from c2f_exp.rl.reward_config import RewardConf
+from c2f_exp.secrets import check_no_secret_keys
 
 DTYPES = ("float32", "bfloat16", "float16")
 STAGE_ORDER = ("prepare", "reward", "coarse", "merge", "eval")
@@ -148,8 +149,17 @@ class C2FConfig:
     sweep: SweepConf = field(default_factory=SweepConf)
 
 
+# Free-form {name: value} dicts: open (not struct) so that `eval.models='{a: /p, b: /q}'` adds
+# keys like `+eval.models.a=/p` does (Hydra merges a dict override into a struct node, which
+# refuses new keys); their values stay typed.
+FREE_FORM = ("eval.models", "eval.chat", "merger.module_overrides", "sweep.vars")
+
+
 def register() -> None:
-    ConfigStore.instance().store(name="c2f_schema", node=C2FConfig)
+    node = OmegaConf.structured(C2FConfig)
+    for key in FREE_FORM:
+        OmegaConf.set_struct(OmegaConf.select(node, key), False)
+    ConfigStore.instance().store(name="c2f_schema", node=node)
 
 
 def unknown_keys(node: Any, path: str = "") -> Iterator[tuple[str, list[str]]]:
@@ -173,6 +183,7 @@ def unknown_keys(node: Any, path: str = "") -> Iterator[tuple[str, list[str]]]:
 
 def validate(cfg: DictConfig, implemented: tuple[str, ...]) -> None:
     """Checks OmegaConf's types cannot express. Raises ConfigError naming key and fix."""
+    check_no_secret_keys(cfg)  # first: the errors below echo values
     for key, known in unknown_keys(cfg):
         name = key.rsplit(".", 1)[-1]
         close = difflib.get_close_matches(name, known, n=1)

@@ -70,3 +70,63 @@ def _check_hub(repo_id: str, key: str, repo_type: str, revision: str | None, fix
             f"({reason}); {fix}"
         ) from None
     return repo_id
+
+
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def weight_files(path: str | Path, key: str) -> list[Path]:
+    """A local model directory's safetensors files (index first). Raises ConfigError for a
+    directory with pickle weights only (never unpickled: it can run code) or none at all."""
+    import json
+
+    d = Path(path).expanduser()
+    index = d / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = dict.fromkeys(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise ConfigError(f"{key}={path}: {index.name} is not a valid index") from None
+        files = [d / n for n in names]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise ConfigError(
+                f"{key}={path}: {index.name} lists missing shard(s) {missing[:3]}; "
+                "copy the complete model directory"
+            )
+        return files
+    files = sorted(d.glob("*.safetensors"))
+    if not files:
+        pickles = sorted(p.name for g in PICKLE_WEIGHTS for p in d.glob(g))
+        what = f"only pickle weights ({', '.join(pickles[:3])})" if pickles else "no weights"
+        raise ConfigError(
+            f"{key}={path} has {what}; models load from safetensors only: convert it with "
+            "save_pretrained(path, safe_serialization=True) where you trust the file"
+        )
+    return files
+
+
+def check_weights(path: str | Path, key: str) -> list[Path]:
+    """`weight_files`, each opened once (header parsed, coverage of the file checked): a
+    truncated or padded safetensors file is a named error here, not a SafetensorError later."""
+    from safetensors import safe_open
+
+    files = weight_files(path, key)
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt"):
+                pass
+        except Exception as e:  # SafetensorError: truncated, bad header; OSError
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ConfigError(
+                f"{key}={path}: {f.name} is not a complete safetensors file ({first}); "
+                "copy the model directory again (a copy was cut short?) or re-save it"
+            ) from None
+    return files
+
+
+def check_local_weights(ref: str, key: str) -> None:
+    """`check_weights` for a local directory; a hub id is checked when it loads (transformers
+    with use_safetensors=True refuses a repo without safetensors)."""
+    if Path(ref).expanduser().is_dir():
+        check_weights(Path(ref).expanduser(), key)

@@ -12,8 +12,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from c2f_exp import artifacts, summary, sweeping
+from c2f_exp import artifacts, cache, summary, sweeping
 from c2f_exp.config import validate
+from c2f_exp.secrets import redact_text
 from c2f_exp.stages import StageContext, registry
 from c2f_exp.tracking import RunIdentity, Tracker
 
@@ -41,7 +42,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         _run_stages(cfg, run_dir, ident, manifest)
         manifest["status"] = "done"
     except BaseException as e:
-        first = (str(e).strip().splitlines() or [""])[0]
+        first = redact_text((str(e).strip().splitlines() or [""])[0])
         manifest.update(status="failed", error=f"{type(e).__name__}: {first}".rstrip(": "))
         raise
     finally:
@@ -62,7 +63,7 @@ def _run_stages(
     validate(cfg, tuple(stages))
     for name in cfg.stages:  # all cheap checks first: fail before any expensive work
         stages[name].preflight(cfg)
-    cache = Path(cfg.paths.cache_dir)
+    cache_dir = artifacts.check_writable(Path(cfg.paths.cache_dir), "paths.cache_dir")
     tcfg = cfg.tracker if _rank() == 0 else OmegaConf.create({"backend": "none"})
     tracker = Tracker(tcfg, run_dir, _cfg(cfg), ident=ident)
     exit_code = 1
@@ -74,7 +75,7 @@ def _run_stages(
             key = artifacts.config_hash(
                 {"stage": name, "config": stage.config_subtree(cfg), "inputs": inputs}
             )
-            entry = _run_stage(stage, cfg, run_dir, cache / name / key, key, tracker, upstream)
+            entry = _run_stage(stage, cfg, run_dir, cache_dir / name / key, key, tracker, upstream)
             upstream[name] = entry
             manifest["stages"].append(entry)
             _write_manifest(run_dir, manifest)
@@ -99,9 +100,10 @@ def _run_stage(
     tracker.stage(stage.name, stage_dir)
     t0 = time.time()
     with artifacts.claim(art):  # parallel jobs wanting the same artifact wait, then reuse it
-        if artifacts.is_complete(art) and not cfg.force:
+        artifacts.clear_orphans(art)  # temp dirs of killed builders (we hold the lock)
+        result = None if cfg.force else _verified_result(stage.name, art)
+        if result is not None:
             status = "reused"
-            result = _read_result(art)
             if (art / "metrics.jsonl").is_file():
                 shutil.copy(art / "metrics.jsonl", stage_dir / "metrics.jsonl")
             if hasattr(stage, "publish"):  # copy run-facing files (e.g. eval's report)
@@ -110,22 +112,63 @@ def _run_stage(
         else:
             status = "done"
             log.info("stage %s: building %s", stage.name, art)
-            work = art.with_name(art.name + ".work")
-            work.mkdir(parents=True, exist_ok=True)
             ctx = StageContext(
-                cfg, run_dir, stage_dir, work, tracker, dict(upstream), final_dir=art
+                cfg, run_dir, stage_dir, _work_dir(art), tracker, dict(upstream), final_dir=art
             )
-            with artifacts.atomic_dir(art) as tmp:
-                metrics = stage.run(ctx, tmp)
-                result = {"metrics": metrics, "seconds": round(time.time() - t0, 2)}
-                artifacts.write_json_atomic(tmp / RESULT, result)
-                if (stage_dir / "metrics.jsonl").is_file():
-                    shutil.copy(stage_dir / "metrics.jsonl", tmp / "metrics.jsonl")
-            shutil.rmtree(work, ignore_errors=True)
+            result = _build(stage, ctx, art, t0)
     tracker.summary({**result["metrics"], "status": status, "artifact": key, "path": str(art)})
     tracker.images(sorted(art.glob("*.png")))  # length_trace, overoptimization, eval plots
     seconds = round(time.time() - t0, 2) if status == "reused" else result["seconds"]
     return _entry(stage.name, status, art, key, seconds, result["metrics"])
+
+
+def _work_dir(art: Path) -> Path:
+    work = art.with_name(art.name + ".work")
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
+def _verified_result(stage: str, art: Path) -> dict[str, Any] | None:
+    """A complete artifact's result.json after checking its files (cache.verify), else None:
+    a damaged artifact is rebuilt (replaced atomically when the rebuild completes)."""
+    if not artifacts.is_complete(art):
+        return None
+    try:
+        result = _read_result(art)
+        cache.verify(art, result.get("files"))
+    except (cache.CorruptArtifact, ValueError, OSError) as e:
+        log.warning("stage %s: %s; rebuilding it", stage, e)
+        return None
+    return result
+
+
+def _build(stage: Any, ctx: StageContext, art: Path, t0: float) -> dict[str, Any]:
+    """Run the stage into a temp dir renamed to `art` when complete, with its fingerprint.
+
+    A disk-full / permission failure becomes a named error (the previous artifact, if any, is
+    untouched: it is only replaced by the final rename). The work dir is kept for resume
+    when the stage checkpoints into it, and removed otherwise."""
+    try:
+        with artifacts.atomic_dir(art) as tmp:
+            metrics = stage.run(ctx, tmp)
+            result = {"metrics": metrics, "seconds": round(time.time() - t0, 2)}
+            if (ctx.stage_dir / "metrics.jsonl").is_file():
+                shutil.copy(ctx.stage_dir / "metrics.jsonl", tmp / "metrics.jsonl")
+            result["files"] = cache.fingerprint(tmp)  # checked before every reuse
+            result["version"] = artifacts.package_version()
+            artifacts.write_json_atomic(tmp / RESULT, result)
+    except BaseException as e:
+        if not getattr(stage, "checkpoints", True) or not _has_files(ctx.work_dir):
+            shutil.rmtree(ctx.work_dir, ignore_errors=True)  # nothing to resume from
+        if isinstance(e, OSError) and e.errno in artifacts.WRITE_ERRNOS:
+            raise artifacts.ArtifactWriteError.from_os_error(e, art) from None
+        raise
+    shutil.rmtree(ctx.work_dir, ignore_errors=True)
+    return result
+
+
+def _has_files(d: Path) -> bool:
+    return d.is_dir() and any(d.iterdir())
 
 
 def _entry(name: str, status: str, art: Path, key: str, seconds: float, metrics: dict) -> dict:

@@ -20,6 +20,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from c2f_exp.secrets import redact_text, scrub_yaml
 from c2f_exp.tracking import RunIdentity
 
 log = logging.getLogger(__name__)
@@ -73,10 +74,11 @@ def identity(cfg: DictConfig, run_dir: Path) -> RunIdentity:
     sweep_name = cfg.sweep.name
     job_type = sweep_name or cfg.experiment_name
     overrides = list(hc.overrides.task) if hc is not None else []
+    recorded = [redact_text(o) for o in overrides]  # manifest.json: no secrets, no URL creds
     if hc is None or hc.mode != RunMode.MULTIRUN:
         name = f"{cfg.experiment_name}-{run_dir.name}"
         return RunIdentity(
-            cfg.tracker.group or cfg.experiment_name, job_type, name, False, {}, overrides
+            cfg.tracker.group or cfg.experiment_name, job_type, name, False, {}, recorded
         )
     sweep_dir = Path(str(hc.sweep.dir))
     start = "_".join(sweep_dir.parts[-2:])  # outputs/multirun/<date>/<time>: one group per run
@@ -88,7 +90,7 @@ def identity(cfg: DictConfig, run_dir: Path) -> RunIdentity:
         if o.key_or_group in keys  # key_or_group carries no +/~ prefix
     }
     name = ",".join(f"{k}={v}" for k, v in swept.items()) or f"job{hc.job.num}"
-    return RunIdentity(group, job_type, name, True, swept, overrides)
+    return RunIdentity(group, job_type, name, True, swept, recorded)
 
 
 def objective_value(cfg: DictConfig, manifest: dict[str, Any] | None) -> float | None:
@@ -128,8 +130,11 @@ def validate_jobs(config: DictConfig) -> int:
         try:
             validate(loader.load_sweep_config(config, list(overrides)), STAGE_ORDER)
         except Exception as e:  # composition errors (typos) and our named value errors
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise SweepError(f"sweep job {i} ({' '.join(overrides)}): {msg}") from e
+            from c2f_exp.cli_errors import one_line
+
+            msg = one_line(e) or (str(e).strip() or type(e).__name__).splitlines()[0]
+            job = redact_text(" ".join(overrides))
+            raise SweepError(f"sweep job {i} ({job}): {msg}") from e
     return len(jobs)
 
 
@@ -155,6 +160,7 @@ class SweepCallback(Callback):
         from c2f_exp import compare
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        scrub_yaml(sweep_dir / "multirun.yaml")  # each job scrubs it too; this catches the rest
         try:
             table = compare.compare([sweep_dir], sweep_dir)
         except Exception as e:  # the jobs' own results stay; only the summary is missing

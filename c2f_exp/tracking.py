@@ -1,7 +1,9 @@
 """Experiment tracking: wandb (offline unless configured) plus a local metrics.jsonl per stage.
 
 wandb never prompts for a login: the mode comes from `tracker.mode` (default offline; `wandb sync`
-uploads later). The logged config is resolved and has secret-looking values redacted.
+uploads later). The logged config is resolved and has secret-looking values and URL
+credentials redacted, and wandb records neither the command line nor the program
+(`_settings`): its offline run file and metadata would otherwise hold every override as typed.
 """
 
 from __future__ import annotations
@@ -9,28 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from c2f_exp.secrets import REDACTED, redact  # noqa: F401  (re-exported)
+
 log = logging.getLogger(__name__)
-_SECRET = re.compile(r"(api[_-]?key|token|secret|password|passwd|auth)", re.I)
-REDACTED = "***redacted***"
-
-
-def redact(obj: Any) -> Any:
-    """Copy of a config container with values under secret-looking keys replaced."""
-    if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            secret = isinstance(k, str) and _SECRET.search(k) and not k.endswith("_env")
-            out[k] = REDACTED if secret and v not in (None, "") else redact(v)
-        return out
-    if isinstance(obj, list):
-        return [redact(v) for v in obj]
-    return obj
 
 
 def _config_value(v: Any) -> Any:
@@ -56,6 +44,22 @@ class RunIdentity:
     multirun: bool
     swept: dict[str, Any] = field(default_factory=dict)  # short name -> value
     overrides: list[str] = field(default_factory=list)  # the job's command-line overrides
+
+
+def _settings(wandb: Any) -> Any:
+    """No console capture, and nothing about the process recorded: `x_disable_meta` drops the
+    metadata (command-line args, program, host, env-derived fields) from the run files,
+    `disable_code`/`save_code=False`/`disable_git` keep source and git state out."""
+    return wandb.Settings(
+        console="off",
+        silent=True,
+        x_disable_meta=True,
+        x_disable_machine_info=True,
+        disable_code=True,
+        save_code=False,
+        disable_git=True,
+        program="c2f_exp",
+    )
 
 
 class Tracker:
@@ -87,10 +91,10 @@ class Tracker:
                 name=ident.name,  # e.g. lambda=0.5 (the job's swept values)
                 tags=tags,
                 # swept values as top-level keys: the dashboard groups and plots by them
-                config={**redact(config), **{k: _config_value(v) for k, v in ident.swept.items()}},
+                config=redact({**config, **{k: _config_value(v) for k, v in ident.swept.items()}}),
                 dir=str(run_dir),
                 mode=tcfg.mode,
-                settings=wandb.Settings(console="off", silent=True),
+                settings=_settings(wandb),
             )
             log.info(
                 "wandb %s run %s (group %s, dir %s)", tcfg.mode, self._run.id, ident.group, run_dir

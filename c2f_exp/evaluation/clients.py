@@ -13,6 +13,7 @@ import time
 from typing import Protocol
 
 from c2f_exp.errors import C2FError, ConfigError
+from c2f_exp.secrets import redact_text
 
 log = logging.getLogger(__name__)
 Messages = list[dict[str, str]]
@@ -53,16 +54,18 @@ class OpenAICompatibleClient:
                 )
             headers["Authorization"] = f"Bearer {key}"
         self.base_url, self.model, self._key_env = base_url.rstrip("/"), model, api_key_env
+        self.shown_url = redact_text(self.base_url)  # for messages: no user:pass@
         self.request_retries, self.backoff = request_retries, retry_backoff_s
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout_s)
+        self._timeout = timeout_s
 
     def __repr__(self) -> str:  # never show the headers
-        return f"OpenAICompatibleClient({self.base_url!r}, model={self.model!r})"
+        return f"OpenAICompatibleClient({self.shown_url!r}, model={self.model!r})"
 
     def _refused(self, status: int) -> ConfigError:
         src = f"the key in ${self._key_env}" if self._key_env else "a request without a key"
         return ConfigError(
-            f"judge server {self.base_url} refused {src} (HTTP {status}); "
+            f"judge server {self.shown_url} refused {src} (HTTP {status}); "
             "check eval.mt_bench.judge.api_key_env"
         )
 
@@ -71,11 +74,11 @@ class OpenAICompatibleClient:
         import httpx
 
         try:
-            r = self._http.get("/models", timeout=10.0)
+            r = self._http.get("/models", timeout=min(10.0, self._timeout))
         except httpx.HTTPError as e:
             raise ConfigError(
                 f"cannot reach judge server eval.mt_bench.judge.base_url="
-                f"{self.base_url} ({type(e).__name__}); start it or fix the URL"
+                f"{self.shown_url} ({type(e).__name__}); start it or fix the URL"
             ) from None
         if r.status_code in (401, 403):
             raise self._refused(r.status_code)
@@ -105,7 +108,7 @@ class OpenAICompatibleClient:
                 continue
             if r.status_code >= 400:
                 raise ConfigError(
-                    f"judge server {self.base_url} rejected the request (HTTP "
+                    f"judge server {self.shown_url} rejected the request (HTTP "
                     f"{r.status_code}: {r.text[:200]}); check "
                     f"eval.mt_bench.judge.model={self.model}"
                 )
@@ -114,7 +117,7 @@ class OpenAICompatibleClient:
             except (ValueError, KeyError, IndexError, TypeError):
                 why = "malformed response"
         raise JudgeUnavailable(
-            f"judge {self.base_url} failed {self.request_retries + 1} time(s): {why}"
+            f"judge {self.shown_url} failed {self.request_retries + 1} time(s): {why}"
         )
 
 

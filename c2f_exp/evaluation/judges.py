@@ -258,7 +258,9 @@ def preflight(jcfg: Any, stages: list[str]) -> None:
     if jcfg.type == "openai_compatible":
         from c2f_exp.evaluation.clients import OpenAICompatibleClient
 
-        OpenAICompatibleClient(jcfg.base_url, jcfg.model, jcfg.api_key_env).check()
+        OpenAICompatibleClient(
+            jcfg.base_url, jcfg.model, jcfg.api_key_env, timeout_s=jcfg.timeout_s
+        ).check()
     elif jcfg.type == "hf_local":
         hub.resolve_model(jcfg.model, "eval.mt_bench.judge.model")
     elif jcfg.type == "reward_model":

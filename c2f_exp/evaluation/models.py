@@ -104,10 +104,13 @@ def load(ref: ModelRef, dtype: str, device: str) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if Path(ref.path).is_dir():  # safetensors only, complete: a named error, never a pickle
+        key = "eval.mt_bench.judge.model" if ref.name == "judge" else f"eval.models.{ref.name}"
+        hub.check_weights(ref.path, key)
     try:
         tok = AutoTokenizer.from_pretrained(ref.tokenizer)
         kw = {} if dtype == "auto" else {"dtype": getattr(torch, dtype)}
-        model = AutoModelForCausalLM.from_pretrained(ref.path, **kw)
+        model = AutoModelForCausalLM.from_pretrained(ref.path, use_safetensors=True, **kw)
     except OSError as e:
         raise ConfigError(
             f"cannot load model '{ref.name}' from {ref.path} ({e}); "

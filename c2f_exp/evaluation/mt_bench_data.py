@@ -43,6 +43,53 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
 
 
+# What each file's rows need (FastChat's llm_judge layout), checked at preflight.
+_REQUIRED = {
+    "question": {"question_id": (int, str), "turns": list},
+    "judge_prompts": {"name": str, "prompt_template": str},
+    "reference": {"question_id": (int, str), "choices": list},
+}
+
+
+def check_file(path: str | Path, what: str, key: str) -> int:
+    """Parse every row of MT-Bench file `what` and check its fields; returns the row count.
+
+    Raises ConfigError naming the file, the line and the fix: a malformed file fails at
+    preflight, not after lm-eval has run for an hour."""
+    fields = _REQUIRED[what]
+    lines = Path(path).read_text(errors="replace").splitlines()
+    n = 0
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{key}={path} line {i}"
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise ConfigError(
+                f"{where} is not valid JSON ({e.msg}); the file must be JSON Lines, one "
+                "object per line, in FastChat's llm_judge layout"
+            ) from None
+        bad = [f for f, t in fields.items() if not isinstance(row, dict) or f not in row]
+        bad += [f for f, t in fields.items() if f not in bad and not isinstance(row[f], t)]
+        if (
+            not bad
+            and what == "question"
+            and not (row["turns"] and all(isinstance(t, str) for t in row["turns"]))
+        ):
+            bad = ["turns"]
+        if bad:
+            need = ", ".join(fields)
+            raise ConfigError(
+                f"{where} lacks or mistypes {', '.join(bad)}; every row needs {need} "
+                "(FastChat's llm_judge layout; turns: a non-empty list of strings)"
+            )
+        n += 1
+    if not n:
+        raise ConfigError(f"{key}={path} has no rows; point it at FastChat's {what} file")
+    return n
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -77,6 +124,7 @@ def locate(mcfg: Any, what: str, download: bool = True) -> str:
     if explicit:
         if not Path(explicit).expanduser().is_file():
             raise ConfigError(f"{key}={explicit} does not exist; point it at FastChat's file")
+        check_file(Path(explicit).expanduser(), what, key)
         return str(Path(explicit).expanduser().resolve())
     rel = HUB_FILES[what].format(ref=mcfg.judge.reference_model)
     data = package_data_dir()

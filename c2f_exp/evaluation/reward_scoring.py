@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from c2f_exp.errors import ConfigError
+from c2f_exp.hub import check_weights
 
 
 class RewardScorer:
@@ -18,10 +21,14 @@ class RewardScorer:
 
         from c2f_exp.evaluation.models import device_of, ensure_bos
 
+        if Path(path).is_dir():  # safetensors only, complete: a named error, never a pickle
+            check_weights(path, "eval.mt_bench.judge.model")
         try:
             self.tok = AutoTokenizer.from_pretrained(path)
             kw = {} if dtype == "auto" else {"dtype": getattr(torch, dtype)}
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kw)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=1, use_safetensors=True, **kw
+            )
         except OSError as e:
             raise ConfigError(
                 f"cannot load reward model {path} ({e}); set "

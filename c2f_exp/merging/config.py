@@ -6,6 +6,7 @@ has no "number or list" type; `validate_merger` checks them and names the key on
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +57,9 @@ class MergerConf:
     out_dtype: str | None = None  # null: each tensor keeps the instruct model's dtype
     shard_size: Any = "200MB"  # bytes (int) or a string like 200MB / 2GB / 512MiB
     survival_warn: float = 0.5  # warn when less residue than this survives the output cast
+    # |lambda| above this is refused: lambda=-1e9 writes a model of noise with exit 0. The
+    # sweeps use 0..3; raise it only if you mean it.
+    max_abs_coefficient: float = 10.0
 
 
 def parse_size(value: Any, key: str = "merger.shard_size") -> int:
@@ -75,9 +79,12 @@ def _is_number(v: Any) -> bool:
 
 
 def coefficient_values(value: Any, key: str = "merger.coefficient") -> list[float]:
-    """A coefficient as a list of anchors (one value for a scalar). Raises ConfigError."""
+    """A coefficient as a list of anchors (one value for a scalar). Raises ConfigError.
+
+    NaN and inf are refused here, at preflight: they would only fail inside the merge, after
+    every upstream stage has trained."""
     if _is_number(value):
-        return [float(value)]
+        value = [value]
     if isinstance(value, str) or not hasattr(value, "__iter__"):
         raise bad_value(
             key,
@@ -88,6 +95,8 @@ def coefficient_values(value: Any, key: str = "merger.coefficient") -> list[floa
     vals = list(value)
     if not vals or not all(_is_number(v) for v in vals):
         raise bad_value(key, vals, "a number or a non-empty list of numbers")
+    if not all(math.isfinite(v) for v in vals):
+        raise bad_value(key, vals if len(vals) > 1 else vals[0], "finite (not nan or inf)")
     return [float(v) for v in vals]
 
 
@@ -127,9 +136,22 @@ def validate_merger(m: Any) -> None:
         raise bad_value("merger.drop_p", m.drop_p, "in [0, 1)")
     if not 0 <= m.survival_warn <= 1:
         raise bad_value("merger.survival_warn", m.survival_warn, "in [0, 1]")
-    coefficient_values(m.coefficient)
-    for pattern, v in (m.module_overrides or {}).items():
-        coefficient_values(v, f"merger.module_overrides.{pattern}")
+    bound = m.max_abs_coefficient
+    if not (_is_number(bound) and math.isfinite(bound) and bound > 0):
+        raise bad_value("merger.max_abs_coefficient", bound, "a finite number > 0")
+    for key, v in [
+        ("merger.coefficient", m.coefficient),
+        *((f"merger.module_overrides.{p}", x) for p, x in (m.module_overrides or {}).items()),
+    ]:
+        worst = max(coefficient_values(v, key), key=abs)
+        if abs(worst) > bound:
+            raise bad_value(
+                key,
+                worst,
+                f"within +-{bound:g} (merger.max_abs_coefficient)",
+                "a lambda this large swamps the instruct weights; set "
+                "merger.max_abs_coefficient higher only if you mean it",
+            )
     if m.method in ("linear", "slerp"):
         for key, v in [
             ("merger.coefficient", m.coefficient),

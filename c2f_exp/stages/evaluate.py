@@ -28,6 +28,7 @@ TASK_DIR = "lm_eval_tasks"
 
 class EvalStage:
     name = "eval"
+    checkpoints = False  # nothing to resume from: a failed build leaves no work dir
 
     def config_subtree(self, cfg: DictConfig) -> dict[str, Any]:
         sub = {
@@ -45,11 +46,13 @@ class EvalStage:
         validate_eval(cfg)
         e, stages = cfg.eval, list(cfg.stages)
         for name, path in e.models.items():
-            hub.resolve_model(path, f"eval.models.{name}")
+            key = f"eval.models.{name}"
+            hub.check_local_weights(hub.resolve_model(path, key), key)
         for role in () if e.models else ("base", "instruct"):
             spec = cfg.model[role]
             if spec.path:
-                hub.resolve_model(spec.path, f"model.{role}.path", spec.get("revision"))
+                ref = hub.resolve_model(spec.path, f"model.{role}.path", spec.get("revision"))
+                hub.check_local_weights(ref, f"model.{role}.path")
             elif "prepare" not in stages:
                 raise ConfigError(
                     f"eval: model.{role}.path is null and prepare does not run; "
@@ -65,7 +68,11 @@ class EvalStage:
                 locate(m, "question", download=False)
             if m.judge.type in judges.LLM_JUDGES:
                 locate(m, "judge_prompts", download=False)
+            if m.reference_answer_file:
+                locate(m, "reference", download=False)
             judges.preflight(m.judge, stages)
+            if m.judge.type in ("hf_local", "reward_model") and m.judge.model:
+                hub.check_local_weights(m.judge.model, "eval.mt_bench.judge.model")
 
     def run(self, ctx: StageContext, out: Path) -> dict[str, Any]:
         from c2f_exp.evaluation.models import torch_threads

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from c2f_exp.artifacts import write_json_atomic
 from c2f_exp.errors import bad_value
+from c2f_exp.hub import check_weights
 from c2f_exp.merging import io, output
 from c2f_exp.merging.config import ROLES, validate_merger
 from c2f_exp.stages import StageContext
@@ -28,6 +29,7 @@ RECIPE = "merge_recipe.json"
 
 class MergeStage:
     name = "merge"
+    checkpoints = False  # nothing to resume from: a failed build leaves no work dir
 
     def config_subtree(self, cfg: DictConfig) -> dict[str, Any]:
         m = OmegaConf.to_container(cfg.merger, resolve=True)
@@ -55,6 +57,7 @@ class MergeStage:
                 known[role] = io.ModelDir(
                     io.local_model_dir(m[role], f"merger.{role}"), f"merger.{role}"
                 )
+                check_weights(known[role].path, f"merger.{role}")  # truncated/padded files
             elif role == "coarse" and "coarse" not in cfg.stages:
                 raise bad_value(
                     "merger.coarse",

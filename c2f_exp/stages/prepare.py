@@ -44,8 +44,8 @@ class PrepareStage:
     def preflight(self, cfg: DictConfig) -> None:
         if cfg.model.source == "hub":
             for role in ("base", "instruct"):
-                spec = cfg.model[role]
-                hub.resolve_model(spec.path, f"model.{role}.path", spec.revision)
+                spec, key = cfg.model[role], f"model.{role}.path"
+                hub.check_local_weights(hub.resolve_model(spec.path, key, spec.revision), key)
         if cfg.data.source == "hub":
             for key in ("preference_dataset", "prompt_dataset"):
                 if cfg.data.hub[key]:

@@ -1,0 +1,103 @@
+"""Hydra's composition errors (misspelt keys and groups, wrong types, bad override syntax) as
+one line naming the key and the fix, with exit status 2 — like our own ConfigErrors.
+
+Hydra prints these as several lines (and for a misspelt key suggests `+key=value`, which would
+add the typo to the config). `install()` wraps Hydra's reporter so an exception raised *before
+the job starts* (composition) is printed as `error: <one line>`; errors raised inside the job
+keep their own handling. `HYDRA_FULL_ERROR=1` still shows Hydra's full trace.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+from typing import Any
+
+from c2f_exp.secrets import redact_text
+
+_state = {"job_started": False}
+
+
+def job_started() -> None:
+    """Called first thing in the job: later exceptions are not composition errors."""
+    _state["job_started"] = True
+
+
+def _schema_keys(parent: str) -> list[str]:
+    from omegaconf import DictConfig, OmegaConf
+
+    from c2f_exp.config import C2FConfig
+
+    node = OmegaConf.structured(C2FConfig)
+    sub = OmegaConf.select(node, parent) if parent else node
+    return list(sub.keys()) if isinstance(sub, DictConfig) else []
+
+
+def _unknown_key(full_key: str, override: str) -> str:
+    parent, _, name = full_key.rpartition(".")
+    close = difflib.get_close_matches(name, _schema_keys(parent), n=1)
+    hint = f"did you mean {parent + '.' if parent else ''}{close[0]}?" if close else "remove it"
+    return f"{full_key} is not a key of the config schema (override {override!r}); {hint}"
+
+
+def one_line(ex: BaseException) -> str | None:
+    """A one-line message for a Hydra/OmegaConf composition error, or None for other errors."""
+    from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if not isinstance(ex, (HydraException, OmegaConfBaseException)):
+        return None
+    text, cause = str(ex), ex.__cause__
+    ctext = str(cause) if cause is not None else ""
+    full_key = re.search(r"full_key: (\S+)", ctext or text)
+    override = re.search(r"use \+(\S+)$", text, re.M) or re.search(
+        r"override '?([^'\n]+?)'?\.?$", text, re.M
+    )
+    ov = getattr(ex, "override", None) or (override.group(1) if override else "")
+    if isinstance(ex, OverrideParseException):
+        first = text.strip().splitlines()[0]
+        return f"cannot parse override {ov!r} ({first}); see `python -m c2f_exp --help`"
+    if isinstance(ex, MissingConfigException) or "Could not find '" in text:
+        m = re.search(r"Could not find '([^']+)/([^']+)'", text)
+        opts = re.findall(r"^\t(\S+)$", text, re.M)
+        if m:
+            group, opt = m.groups()
+            listed = ", ".join(opts) if opts else "see conf/" + group
+            return (
+                f"{group}={opt} is not an option of config group {group} "
+                f"({group}/{opt} not found; options: {listed})"
+            )
+    if full_key and re.search(r"Key '[^']+' (is )?not in", ctext):
+        return _unknown_key(full_key.group(1), ov.lstrip("+"))
+    if full_key and cause is not None:
+        first = ctext.strip().splitlines()[0]
+        return f"{full_key.group(1)}: {first} (override {ov!r}); fix the value on the command line"
+    return " ".join(x.strip() for x in text.strip().splitlines() if x.strip()) or type(ex).__name__
+
+
+def install() -> None:
+    """Wrap `hydra._internal.utils.run_and_report` (what `@hydra.main` reports errors with)."""
+    import hydra._internal.utils as hu
+
+    _state["job_started"] = False  # a new command line (tests call main() more than once)
+    original = hu.run_and_report
+    if getattr(original, "_c2f", False):
+        return
+
+    def run_and_report(func: Any) -> Any:
+        def guarded() -> Any:
+            try:
+                return func()
+            except Exception as ex:
+                msg = None if _state["job_started"] else one_line(ex)
+                if msg is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+                    raise
+                print(f"error: {redact_text(msg)}", file=sys.stderr)
+                raise SystemExit(2) from None
+
+        return original(guarded)
+
+    run_and_report._c2f = True  # type: ignore[attr-defined]
+    hu.run_and_report = run_and_report
