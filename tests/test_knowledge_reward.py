@@ -94,3 +94,18 @@ def test_a_knowledge_head_needs_pairs_and_training():
         RewardStage().preflight(_cfg(objective="process", knowledge={"enabled": True}))
     with pytest.raises(ConfigError, match="reward.knowledge.enabled"):
         RewardStage().preflight(_cfg(path="/nonexistent", knowledge={"enabled": True}))
+
+
+def test_the_eval_reward_judge_applies_the_head(trained):
+    from c2f_exp.evaluation.reward_scoring import RewardScorer
+
+    _, art = trained
+    scorer = RewardScorer(str(art / "model"))
+    assert kr.attached_lm(scorer.model) is not None
+    conv = [
+        {"role": "user", "content": "tell me about the x ."},
+        {"role": "assistant", "content": "hi ."},
+    ]
+    with_head = scorer.score([conv])
+    scorer.model.config.__dict__.pop(kr.KEY)
+    assert with_head != scorer.score([conv])

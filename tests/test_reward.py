@@ -216,6 +216,26 @@ def test_a_causal_lm_is_not_a_reward_model(micro, tmp_path):
         RewardStage().run(_ctx(cfg, tmp_path, micro), tmp_path)
 
 
+def test_pickle_only_or_truncated_reward_model_is_refused_at_preflight(trained, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    _, art = trained
+    pickled, cut = tmp_path / "pickled", tmp_path / "cut"
+    shutil.copytree(art / "model", pickled)
+    weights = pickled / "model.safetensors"
+    torch.save(load_file(weights), pickled / "pytorch_model.bin")
+    weights.unlink()
+    with pytest.raises(ConfigError, match=r"reward\.path=.*safetensors"):
+        RewardStage().preflight(_cfg(path=str(pickled)))
+    shutil.copytree(art / "model", cut)
+    data = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ConfigError, match=r"reward\.path"):
+        RewardStage().preflight(_cfg(path=str(cut)))
+
+
 def test_missing_reward_model_path_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"reward\.path"):
         RewardStage().preflight(_cfg(path=str(tmp_path / "nope")))

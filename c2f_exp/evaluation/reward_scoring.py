@@ -6,6 +6,7 @@ from pathlib import Path
 
 from c2f_exp.errors import ConfigError
 from c2f_exp.hub import check_weights
+from c2f_exp.rl import knowledge_reward as knowledge
 
 
 class RewardScorer:
@@ -37,6 +38,7 @@ class RewardScorer:
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
         model.config.pad_token_id = self.tok.pad_token_id
+        knowledge.maybe_attach(model, path)  # our RMs may carry a knowledge head (rl/)
         self.tok.padding_side = "right"
         ensure_bos(self.tok)
         self.model = model.to(device_of(device)).eval()
@@ -65,5 +67,6 @@ class RewardScorer:
             ).to(self.model.device)
             with torch.no_grad():
                 logits = self.model(**enc).logits  # (B, 1)
-            out += logits[:, 0].float().tolist()
+                r = knowledge.combine(self.model, logits[:, 0], enc.input_ids, enc.attention_mask)
+            out += r.float().tolist()
         return out

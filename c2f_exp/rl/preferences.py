@@ -144,7 +144,7 @@ class TinyWorldLabeller:
         if self._policy is None:
             d = self.policy_dir
             self._policy = (
-                AutoModelForCausalLM.from_pretrained(d),
+                AutoModelForCausalLM.from_pretrained(d, use_safetensors=True),
                 AutoTokenizer.from_pretrained(d),
             )
         rows = [p for p in self.prompts if p["entity"] in set(entities)][:limit]

@@ -196,7 +196,7 @@ def init_reward_model(
         tok.chat_template = AutoTokenizer.from_pretrained(template_src()).chat_template
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(
-        src, num_labels=1, dtype=torch.float32
+        src, num_labels=1, dtype=torch.float32, use_safetensors=True
     )
     over = {k: v for k, v in dict(arch or {}).items() if v is not None}
     if over:

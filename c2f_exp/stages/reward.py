@@ -46,6 +46,7 @@ class RewardStage:
         r = cfg.reward
         if r.path:
             ref = hub.resolve_model(r.path, "reward.path")
+            hub.check_local_weights(ref, "reward.path")  # .bin-only or truncated: named here
             policy = cfg.model.base.path
             if policy and Path(ref).is_dir() and Path(policy).expanduser().is_dir():
                 rmod.check_compatible(ref, policy)
