@@ -20,7 +20,7 @@ from test_coarse import ROOT, build_micro_world, coarse_cfg, read_trace
 STEPS, EVERY = 6, 2
 
 
-def _cmd(tmp: Path) -> list[str]:
+def _cmd(tmp: Path, run: str = "run") -> list[str]:
     return [
         sys.executable,
         str(ROOT / "tests" / "test_coarse.py"),
@@ -28,15 +28,19 @@ def _cmd(tmp: Path) -> list[str]:
         str(tmp / "up.json"),
         str(tmp / "out"),
         str(tmp / "work"),
-        str(tmp / "run"),
+        str(tmp / run),
         "0.4",
     ]
 
 
-def _steps_logged(tmp: Path) -> list[int]:
-    path = tmp / "run" / "coarse" / "metrics.jsonl"
+def _rows_logged(tmp: Path, run: str = "run") -> list[dict]:
+    path = tmp / run / "coarse" / "metrics.jsonl"
     rows = [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
-    return [r["step"] for r in rows if "limit" in r]
+    return [r for r in rows if "limit" in r]
+
+
+def _steps_logged(tmp: Path, run: str = "run") -> list[int]:
+    return [r["step"] for r in _rows_logged(tmp, run)]
 
 
 def test_sigkill_then_same_command_resumes(tmp_path):
@@ -78,3 +82,29 @@ def test_sigkill_then_same_command_resumes(tmp_path):
     assert second == list(range(resumed_at, STEPS))  # the second run logged only the rest
     assert [int(r["step"]) for r in read_trace(tmp_path / "out")] == list(range(STEPS))
     assert (tmp_path / "out" / "actor" / "model.safetensors").is_file()
+
+    # A new run dir (what a new Hydra run gets): its metrics.jsonl, which the pipeline copies
+    # into the artifact, holds every step once, the ones before the checkpoint from the carry.
+    (tmp_path / "out").rename(tmp_path / "out1")
+    kept = {r["step"]: r for r in _rows_logged(tmp_path)}
+    steps2 = STEPS + EVERY  # continue the finished run's last checkpoint for one more round
+    OmegaConf.save(OmegaConf.merge(cfg, {"coarse": {"steps": steps2}}), tmp_path / "cfg.yaml")
+    third = subprocess.run(
+        _cmd(tmp_path, "run2"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    rows = _rows_logged(tmp_path, "run2")
+    assert [r["step"] for r in rows] == list(range(steps2))
+    last_ckpt = json.loads(third.stdout.split("METRICS ", 1)[1])["resumed_from_step"]
+    for r in rows[:last_ckpt]:  # replayed from the checkpoint: the values logged at the time
+        assert r["reward"] == kept[r["step"]]["reward"] and r["kl"] == kept[r["step"]]["kl"]
+
+
+def test_logged_steps_skips_a_partial_last_line(tmp_path):
+    from c2f_exp.stages.coarse import logged_steps
+
+    path = tmp_path / "metrics.jsonl"
+    assert logged_steps(path) == set()
+    rows = [{"step": 0, "limit": 8}, {"step": 1, "limit": 8}, {"step": None, "steps": 2}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 2, "lim')
+    assert logged_steps(path) == {0, 1}

@@ -297,3 +297,41 @@ def test_private_memory_stays_far_below_tensor_size(tmp_path):
     got = io.ModelDir(out, "out").flat("model.layers.0.w")
     ins = io.ModelDir(tmp_path / "instruct", "x").flat("model.layers.0.w")
     assert torch.allclose(got[-1000:], ins[-1000:] - 0.5 * 0.02, atol=1e-6)
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_shard_writer_threaded_equals_direct_and_reuses_buffers(tmp_path, background):
+    """The writer thread writes what arrived, in order, also when the caller reuses its buffer
+    (not `owned`: copied) or hands over tensors (`owned`: written from them)."""
+    blocks = [torch.randn(1000) for _ in range(12)]
+    entries = [(f"t{i}", torch.float32, (1000,)) for i in range(12)]
+    w = io.ShardWriter(tmp_path / "x.safetensors", entries, background=background)
+    scratch = torch.empty(1000)
+    for i, b in enumerate(blocks):
+        if i % 2:
+            w.write(b, owned=True)
+        else:
+            scratch.copy_(b)
+            w.write(scratch)  # overwritten by the next even block: the writer copied it
+    w.close()
+    back = load_file(tmp_path / "x.safetensors")
+    for i, b in enumerate(blocks):
+        assert torch.equal(back[f"t{i}"], b)
+    _, raw = io.read_header(tmp_path / "x.safetensors", "k")
+    assert (tmp_path / "x.safetensors").stat().st_size == 8 + len(raw) + 12 * 4000  # reserved
+
+
+def test_shard_writer_thread_errors_reach_the_caller(tmp_path):
+    w = io.ShardWriter(tmp_path / "x.safetensors", [("a", torch.float32, (8,))])
+
+    def full_disk(data):
+        raise OSError(28, "No space left on device")
+
+    w._fh.write = full_disk  # the next write syscall fails (in the writer thread)
+    w.write(torch.zeros(4))  # returns at once: the thread fails later
+    with pytest.raises(OSError, match="No space"):
+        w.close()  # (or the next write, had there been one after the failure)
+    w2 = io.ShardWriter(tmp_path / "y.safetensors", [("a", torch.float32, (8,))])
+    w2.write(torch.zeros(4))
+    w2.abort()  # after an error elsewhere: stops the thread, no byte-count check
+    assert w2._q is None and w2._fh.closed

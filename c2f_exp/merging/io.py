@@ -13,11 +13,14 @@ import hashlib
 import json
 import logging
 import math
+import queue
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from c2f_exp.errors import C2FError
@@ -191,9 +194,19 @@ class ShardWriter:
     """Write one safetensors file whose tensors (name, dtype, shape) are known up front.
 
     The header goes first; `write(t)` then appends tensor data in the declared order; `close`
-    checks that exactly the declared number of bytes arrived."""
+    checks that exactly the declared number of bytes arrived. The file's full size is reserved
+    up front (fallocate, where the filesystem has it: ext4 then allocates once, not per block),
+    and with `background` a writer thread does the write syscalls, so merging the next block
+    overlaps writing this one (`write` hands it a copy, or the tensor itself if `owned`)."""
 
-    def __init__(self, path: Path, entries: list[tuple[str, torch.dtype, tuple[int, ...]]]):
+    QUEUE = 4  # blocks in flight: private memory stays a few blocks
+
+    def __init__(
+        self,
+        path: Path,
+        entries: list[tuple[str, torch.dtype, tuple[int, ...]]],
+        background: bool = True,
+    ):
         header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
         offset = 0
         for name, dtype, shape in entries:
@@ -207,21 +220,95 @@ class ShardWriter:
         blob = json.dumps(header, separators=(",", ":")).encode()
         blob += b" " * (-len(blob) % 8)  # data starts 8-byte aligned
         self.path, self.expected, self.written = path, offset, 0
-        self._fh = open(path, "wb")  # noqa: SIM115 (closed in close())
+        self._fh = open(path, "wb", buffering=0)  # noqa: SIM115 (closed in close())
+        _reserve(self._fh.fileno(), 8 + len(blob) + offset)
         self._fh.write(struct.pack("<Q", len(blob)) + blob)
+        self._err: BaseException | None = None
+        self._q: queue.Queue | None = None
+        self._free: queue.Queue = queue.Queue()  # copy buffers back from the writer thread
+        if background:
+            self._q = queue.Queue(maxsize=self.QUEUE)
+            self._thread = threading.Thread(target=self._drain, name="shard-writer", daemon=True)
+            self._thread.start()
 
-    def write(self, t: torch.Tensor) -> None:
-        """Append the bytes of `t` (any shape, contiguous after reshape)."""
+    def buffer(self, nbytes: int) -> np.ndarray:
+        """A uint8 buffer of >= `nbytes` from the pool, to fill and `write(..., pooled=it)`."""
+        buf = None if self._free.empty() else self._free.get_nowait()  # only we consume
+        return (
+            buf
+            if buf is not None and buf.nbytes >= nbytes
+            else np.empty(max(nbytes, 1 << 20), np.uint8)
+        )
+
+    def release(self, buf: np.ndarray | None) -> None:
+        """Give back a `buffer` that was not written."""
+        if buf is not None:
+            self._free.put(buf)
+
+    def write(
+        self, t: torch.Tensor, owned: bool = False, pooled: np.ndarray | None = None
+    ) -> None:
+        """Append the bytes of `t` (any shape, contiguous after reshape). `owned`: the caller
+        will not modify `t` again, so the writer thread may read it later without a copy;
+        `pooled`: `t` lives in this `buffer`, which goes back to the pool once written."""
         data = t.reshape(-1).contiguous().view(torch.uint8).numpy()
-        self._fh.write(data)
         self.written += data.nbytes
+        if self._q is None:
+            self._fh.write(data)
+            self.release(pooled)
+            return
+        if self._err is not None:
+            self._stop()
+            raise self._err
+        if pooled is None and not owned:  # a copy in a pooled buffer: no fresh pages per block
+            pooled = self.buffer(data.nbytes)
+            np.copyto(pooled[: data.nbytes], data)
+            data = pooled[: data.nbytes]
+        self._q.put((data, pooled))  # blocks while QUEUE blocks are in flight
+
+    def _drain(self) -> None:
+        while (item := self._q.get()) is not None:
+            data, buf = item
+            if self._err is None:
+                try:
+                    self._fh.write(data)
+                except BaseException as e:  # re-raised in the merging thread
+                    self._err = e
+            self.release(buf)
+
+    def _stop(self) -> None:
+        if self._q is not None:
+            self._q.put(None)
+            self._thread.join()
+            self._q = None
+
+    def abort(self) -> None:
+        """Stop writing (after an error elsewhere): no checks, the file is left as it is."""
+        self._stop()
+        self._fh.close()
 
     def close(self) -> None:
+        self._stop()
         self._fh.close()
+        if self._err is not None:
+            raise self._err
         if self.written != self.expected:
             raise MergeError(
                 f"internal: {self.path} got {self.written} bytes, expected {self.expected}"
             )
+
+
+def _reserve(fd: int, size: int) -> None:
+    """fallocate(2) `size` bytes, best effort: unlike posix_fallocate, never emulated by
+    writing zeros (which would double the writes where a filesystem lacks fallocate)."""
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):  # not Linux/glibc: skip
+        return
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+    fn(fd, 0, 0, size)  # mode 0; a failure (EOPNOTSUPP, ENOSPC: the write will say) is ignored
 
 
 def plan_shards(

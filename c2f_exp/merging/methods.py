@@ -57,6 +57,13 @@ class Scratch:
             b = self._bufs[(name, dtype)] = torch.empty(max(n, BLOCK), dtype=dtype)
         return b[:n]
 
+    def put(self, name: str, t: torch.Tensor) -> None:
+        """Use `t` (fp32) as buffer `name` from now on (e.g. one the shard writer owns)."""
+        self._bufs[(name, t.dtype)] = t
+
+    def buffers(self) -> list[torch.Tensor]:
+        return list(self._bufs.values())
+
 
 def _buf(buf: Scratch | None, name: str, like: torch.Tensor) -> torch.Tensor | None:
     """`out=` target for an fp32 result shaped like `like` (None: let torch allocate)."""

@@ -150,7 +150,12 @@ def _merge_tensor(
     st = Stats(numel=flat["instruct"].numel())
     for s in range(0, st.numel, methods.BLOCK):
         x = {r: _fp32(t[s : s + methods.BLOCK], r, buf) for r, t in flat.items()}
+        n, pooled = x["instruct"].numel(), None
+        if item.dtype == torch.float32:  # the method's "out" goes straight to the writer
+            pooled = writer.buffer(4 * n)
+            buf.put("out", torch.from_numpy(pooled[: 4 * n]).view(torch.float32))
         res = method.block(x, lam, p, prep, key, s, buf)
+        fresh = item.dtype != torch.float32 or res.out is x["instruct"]  # not a reused buffer
         o = res.out if item.dtype == torch.float32 else res.out.to(item.dtype)
         ins = flat["instruct"][s : s + methods.BLOCK]
         ins = ins if ins.dtype == item.dtype else ins.to(item.dtype)
@@ -167,16 +172,25 @@ def _merge_tensor(
             and bool(torch.isfinite(res.out).all())
         ):
             raise _nonfinite_error(models, x, item.name)
-        writer.write(o)
+        if pooled is not None and o.data_ptr() == pooled.ctypes.data:
+            writer.write(o, pooled=pooled)  # no copy: the writer recycles the buffer
+        else:
+            writer.write(o, owned=fresh and not _aliases(o, buf))
+            writer.release(pooled)
     st.extra.update({k: v for k, v in prep.items() if isinstance(v, float)})
     return st
 
 
 def _copy_tensor(writer: io.ShardWriter, models, item: Item) -> Stats:
     t = models["instruct"].flat(item.name)
-    for s in range(0, t.numel(), methods.BLOCK):
-        writer.write(t[s : s + methods.BLOCK].to(item.dtype))
+    for s in range(0, t.numel(), methods.BLOCK):  # memory-mapped or freshly cast: owned
+        writer.write(t[s : s + methods.BLOCK].to(item.dtype), owned=True)
     return Stats(numel=t.numel())
+
+
+def _aliases(t: torch.Tensor, buf: methods.Scratch) -> bool:
+    """True if `t` lives in one of the scratch buffers (reused by the next block)."""
+    return any(t.data_ptr() == b.data_ptr() for b in buf.buffers())
 
 
 @contextlib.contextmanager
@@ -239,19 +253,23 @@ def _write_shards(models, plan: list[Item], shards, names, m: Any, out: Path):
     peak = io.rss_anon_kb()
     bar = tqdm(total=len(plan), desc=f"merge ({m.method})", unit="tensor", disable=None)
     for shard, fname in zip(shards, names, strict=True):
-        writer = io.ShardWriter(out / fname, shard)
-        for name, _, _ in shard:
-            item = by_name[name]
-            if item.action == "merge":
-                lam = methods.coefficient_for(name, coef, overrides, n_layers)
-                key = methods.tensor_key(name, p.seed)
-                st = _merge_tensor(writer, models, item, method, lam, p, key, buf)
-                stats[name] = _tensor_summary(st, lam)
-            else:
-                _copy_tensor(writer, models, item)
-                stats[name] = {"action": item.action}
-            peak = max(peak, io.rss_anon_kb())
-            bar.update()
+        writer = io.ShardWriter(out / fname, shard)  # a writer thread: writes overlap merging
+        try:
+            for name, _, _ in shard:
+                item = by_name[name]
+                if item.action == "merge":
+                    lam = methods.coefficient_for(name, coef, overrides, n_layers)
+                    key = methods.tensor_key(name, p.seed)
+                    st = _merge_tensor(writer, models, item, method, lam, p, key, buf)
+                    stats[name] = _tensor_summary(st, lam)
+                else:
+                    _copy_tensor(writer, models, item)
+                    stats[name] = {"action": item.action}
+                peak = max(peak, io.rss_anon_kb())
+                bar.update()
+        except BaseException:
+            writer.abort()
+            raise
         writer.close()
     bar.close()
     return stats, peak

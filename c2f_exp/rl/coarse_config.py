@@ -9,7 +9,7 @@ carries the 7B settings.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import MISSING
@@ -22,6 +22,17 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 PROMPT_SPLITS = ("train", "all")
 DTYPES = ("float32", "bfloat16", "float16")
 BACKENDS = ("none", "ddp", "deepspeed")
+
+
+@dataclass
+class RolloutConf:
+    engine: str = "hf"  # hf (ours, any device) | vllm (CUDA GPUs, pip install -e ".[vllm]")
+    lean_decode: bool = True  # hf: Llama-family decode without per-token forward() overhead
+    reuse_logprobs: bool = True  # hf: PPO's old log-probs from sampling, not a second forward
+    reuse_first_forward: bool = True  # the update's first minibatch reuses the old-value forward
+    gpu_memory_utilization: float = 0.3  # vllm: share of the GPU its KV cache may take
+    max_model_len: int | None = None  # vllm: null = the model's
+    enforce_eager: bool = True  # vllm: no CUDA graphs (weights change every iteration)
 
 
 @dataclass
@@ -72,6 +83,7 @@ class CoarseConf:
     early_stop_on_gold: bool = False  # stop when smoothed gold falls while smoothed RM rises
     gold_window: int = 3  # monitor points per moving average in the stop rule
     gold_min_drop: float = 1.0  # how far gold's moving average must fall below its best
+    rollout: RolloutConf = field(default_factory=RolloutConf)  # generation engine (rl/engines.py)
 
 
 @dataclass
@@ -120,6 +132,7 @@ def validate_coarse(cfg: Any) -> None:
             raise bad_value("coarse.kl_target", None, "a KL target > 0 for kl_controller=adaptive")
         _positive("coarse.kl_target", c.kl_target)
     _check_optional(c)
+    _check_rollout(c.rollout)
     _check_gold(cfg)
     validate_schedule(cfg.get("length_schedule"))
     _check_lengths(cfg)
@@ -138,6 +151,17 @@ def _check_optional(c: Any) -> None:
     except (KeyError, IndexError, ValueError):
         want = "text whose only placeholder is {bos}"
         raise bad_value("coarse.prompt_prefix", c.prompt_prefix, want) from None
+
+
+def _check_rollout(r: Any) -> None:
+    from c2f_exp.rl.engines import ENGINES
+
+    check_choice("coarse.rollout.engine", r.engine, ENGINES)
+    if not 0 < r.gpu_memory_utilization <= 1:
+        want = "within (0, 1]"
+        raise bad_value("coarse.rollout.gpu_memory_utilization", r.gpu_memory_utilization, want)
+    if r.max_model_len is not None:
+        _positive("coarse.rollout.max_model_len", r.max_model_len, integer=True)
 
 
 def _check_gold(cfg: Any) -> None:

@@ -126,15 +126,47 @@ def policy_forward(model, seq, attn, pos, resp, temperature: float, chunk: int):
     return torch.cat(lps), (torch.cat(vals) if vals else None)
 
 
+@torch.no_grad()
+def critic_forward(model, seq, attn, pos, n_resp: int, chunk: int) -> torch.Tensor:
+    """Values (B, n_resp) of an ActorCritic's critic alone, as its `forward` computes them."""
+    critic = getattr(model, "module", model).critic
+    x = (seq[:, :-1], attn[:, :-1], pos[:, :-1])
+    vals = [critic(*(v[i : i + chunk] for v in x), n_resp) for i in range(0, seq.shape[0], chunk)]
+    return torch.cat(vals)
+
+
+def _values(model, seq, attn, pos, n: int, chunk: int, head: Any) -> torch.Tensor:
+    """Critic values (B, n): `head.values` on its rows, a no-grad critic forward on the rest."""
+    if head is None:
+        return critic_forward(model, seq, attn, pos, n, chunk)
+    values = torch.zeros(seq.shape[0], n, device=seq.device)
+    rest = torch.ones(seq.shape[0], dtype=torch.bool, device=seq.device)
+    rest[head.rows] = False
+    if rest.any():
+        values[rest] = critic_forward(model, seq[rest], attn[rest], pos[rest], n, chunk)
+    values[head.rows, : head.t] = head.values.detach().float()
+    return values
+
+
 def _is_actor_critic(model) -> bool:
     inner = getattr(model, "module", model)  # DDP / DeepSpeed engines wrap the module
     return hasattr(inner, "critic") and hasattr(inner, "policy")
 
 
 def make_experience(
-    model, ref_model, rollout: Rollout, scores: torch.Tensor, c: Any, kl_coef: float
+    model,
+    ref_model,
+    rollout: Rollout,
+    scores: torch.Tensor,
+    c: Any,
+    kl_coef: float,
+    head: Any = None,
 ) -> Experience:
     """Score a rollout whose reward-model `scores` (B,) are finite (module docstring).
+
+    The old log-probs are the rollout's own (`Rollout.logprobs`, taken while sampling from
+    this same policy: equal to a second forward to float tolerance) when it has them; then the
+    rows of `head` (rl/update.py: a forward already run on them) take their old values from it.
 
     `c` is the `coarse` config (kl_estimator, gamma, lam, temperature, whiten_advantages,
     missing_eos_penalty, overlong_cache, forward_batch_size).
@@ -143,7 +175,11 @@ def make_experience(
     pos = position_ids(attn)
     resp, mask = rollout.response_ids, rollout.response_mask
     fwd = (seq, attn, pos, resp, c.temperature, c.forward_batch_size)
-    logp, values = policy_forward(model, *fwd)
+    if rollout.logprobs is not None and _is_actor_critic(model):  # sampled by this policy
+        logp = rollout.logprobs
+        values = _values(model, seq, attn, pos, resp.shape[1], c.forward_batch_size, head)
+    else:
+        logp, values = policy_forward(model, *fwd)
     ref_logp, _ = policy_forward(ref_model, *fwd)
     m = mask.bool()
     logp, ref_logp = logp.masked_fill(~m, 0.0), ref_logp.masked_fill(~m, 0.0)

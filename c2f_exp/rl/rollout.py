@@ -24,6 +24,8 @@ class Rollout:
         response_mask: (B, T) 1 for generated tokens up to and including the first EOS.
         truncated: (B,) bool, True where no EOS came within `limit` tokens.
         limit: the length limit the batch was generated under.
+        logprobs: (B, T) float32 log-probs of the sampled tokens under softmax(logits / T) at
+            sampling time (what PPO's old log-probs are; rows past EOS: junk), or None.
     """
 
     prompt_ids: torch.Tensor
@@ -32,6 +34,7 @@ class Rollout:
     response_mask: torch.Tensor
     truncated: torch.Tensor
     limit: int
+    logprobs: torch.Tensor | None = None
 
     @property
     def sequences(self) -> torch.Tensor:
@@ -61,6 +64,7 @@ class Rollout:
             self.response_mask[idx],
             self.truncated[idx],
             self.limit,
+            None if self.logprobs is None else self.logprobs[idx],
         )
 
 
@@ -97,6 +101,32 @@ def _sample(logits: torch.Tensor, temperature: float, top_k: int, greedy: bool) 
     return torch.multinomial(torch.softmax(logits, -1), 1).squeeze(-1)
 
 
+class _ForwardStepper:
+    """Any causal LM with the HF cache interface: its full `forward` once per new token."""
+
+    def __init__(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
+        self.model, self.mask = model, prompt_mask.clone()
+        pos = position_ids(self.mask)
+        out = model(
+            input_ids=prompt_ids, attention_mask=self.mask, position_ids=pos, use_cache=True
+        )
+        self.prefill_logits, self.cache = out.logits[:, -1, :], out.past_key_values
+        self.next_pos = pos[:, -1:] + 1
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed (B,) tokens; returns (B, V) next-token logits (rows past EOS: ignored later)."""
+        self.mask = torch.cat([self.mask, self.mask.new_ones(tokens.shape[0], 1)], 1)
+        out = self.model(
+            input_ids=tokens[:, None],
+            attention_mask=self.mask,
+            position_ids=self.next_pos,
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        self.cache, self.next_pos = out.past_key_values, self.next_pos + 1
+        return out.logits[:, -1, :]
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -108,6 +138,8 @@ def generate(
     temperature: float = 1.0,
     top_k: int = 0,
     greedy: bool = False,
+    lean: bool = True,
+    logprobs: bool = False,
 ) -> Rollout:
     """Sample up to `limit` new tokens per row with a KV cache; rows stop at EOS.
 
@@ -118,40 +150,53 @@ def generate(
         limit: the rollout length limit l(t) (maximum new tokens).
         temperature, top_k: sampling settings (top_k=0: full distribution).
         greedy: argmax decoding (evaluation).
+        lean: decode Llama-family models with `decode.LeanDecoder` (the same layers and
+            sampling, without per-token `forward` overhead); other models use their `forward`.
+        logprobs: also return each sampled token's log-prob under softmax(logits / temperature)
+            (`Rollout.logprobs`), so PPO needs no second policy forward for its old log-probs.
 
     Returns:
         A `Rollout`; the loop ends early when every row has produced EOS.
     """
+    from c2f_exp.rl import decode
+
     if limit < 1:
         raise ValueError(f"rollout limit must be >= 1 (got {limit})")
     was_training = model.training
     model.eval()
-    dev = prompt_ids.device
-    b = prompt_ids.shape[0]
-    mask = prompt_mask.clone()
-    pos = position_ids(mask)
-    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=pos, use_cache=True)
-    next_pos = pos[:, -1:] + 1
-    tokens, alive_cols = [], []
+    try:
+        if lean and decode.supports(model, prompt_ids.shape[1] + limit):
+            stepper = decode.LeanDecoder(model, prompt_ids, prompt_mask, limit)
+        else:
+            stepper = _ForwardStepper(model, prompt_ids, prompt_mask)
+        sampling = (temperature, top_k, greedy, logprobs)
+        resp, alive, done, lps = _sample_loop(stepper, limit, eos_id, pad_id, *sampling)
+    finally:
+        model.train(was_training)
+    return Rollout(prompt_ids, prompt_mask, resp, alive.long(), ~done, limit, lps)
+
+
+def _sample_loop(stepper, limit, eos_id, pad_id, temperature, top_k, greedy, want_lp):
+    """Sample into preallocated (B, limit) buffers.
+
+    Returns tokens, alive (B, n), done (B,), and log-probs (B, n) when `want_lp` (else None).
+    """
+    from c2f_exp.rl.ppo import logprobs_from_logits
+
+    logits, b = stepper.prefill_logits, stepper.prefill_logits.shape[0]
+    dev = logits.device
+    tokens = torch.full((b, limit), pad_id, dtype=torch.long, device=dev)
+    alive = torch.zeros((b, limit), dtype=torch.bool, device=dev)
+    lps = torch.zeros((b, limit), dtype=torch.float32, device=dev) if want_lp else None
     done = torch.zeros(b, dtype=torch.bool, device=dev)
+    n = 0
     for t in range(limit):
-        nxt = _sample(out.logits[:, -1, :], temperature, top_k, greedy)
-        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-        tokens.append(nxt)
-        alive_cols.append(~done)
+        nxt = _sample(logits, temperature, top_k, greedy).masked_fill(done, pad_id)
+        tokens[:, t], alive[:, t], n = nxt, ~done, t + 1
+        if lps is not None:  # as ppo_update computes it: the full softmax at this temperature
+            lps[:, t] = logprobs_from_logits(logits[:, None] / temperature, nxt[:, None])[:, 0]
         done = done | (nxt == eos_id)
-        if bool(done.all()) or t == limit - 1:
+        if t == limit - 1 or bool(done.all()):
             break
-        mask = torch.cat([mask, mask.new_ones(b, 1)], 1)  # rows past EOS: ignored later
-        out = model(
-            input_ids=nxt[:, None],
-            attention_mask=mask,
-            position_ids=next_pos,
-            past_key_values=out.past_key_values,
-            use_cache=True,
-        )
-        next_pos = next_pos + 1
-    model.train(was_training)
-    resp = torch.stack(tokens, 1)
-    resp_mask = torch.stack(alive_cols, 1).long()
-    return Rollout(prompt_ids, prompt_mask, resp, resp_mask, ~done, limit)
+        logits = stepper.step(nxt)
+    return tokens[:, :n], alive[:, :n], done, None if lps is None else lps[:, :n]

@@ -1,9 +1,10 @@
 """The Coarse Actor's PPO loop: rollout under l(t), experience, PPO epochs, l(t+1), checkpoints.
 
 One iteration t (DESIGN §2.1): sample the global batch's prompts, generate under the limit in
-force, score with the frozen reward model (a NaN/inf batch is skipped and counted), build the
-experience, run `ppo_epochs` passes of minibatch updates over policy and critic (one optimizer,
-two parameter groups), then feed the batch's pre-update statistics to the length schedule.
+force (rl/engines.py: ours or vLLM), score with the frozen reward model (a NaN/inf batch is
+skipped and counted), build the experience, run `ppo_epochs` passes of minibatch updates over
+policy and critic (rl/update.py; one optimizer, two parameter groups), then feed the batch's
+pre-update statistics to the length schedule.
 Every `coarse.gold_every` iterations an optional `monitor` (rl/gold_sources.py) also scores the
 batch with a gold reward; its rows ride in the state (and checkpoints) and may stop the run.
 
@@ -31,15 +32,15 @@ import torch
 
 from c2f_exp.artifacts import write_json_atomic
 from c2f_exp.errors import C2FError
-from c2f_exp.rl import ppo
 from c2f_exp.rl.critic import build_optimizer
+from c2f_exp.rl.engines import HFEngine
 from c2f_exp.rl.experience import Experience, check_scores, make_experience
 from c2f_exp.rl.length_schedules import LengthStats
-from c2f_exp.rl.rollout import encode_prompts, generate
+from c2f_exp.rl.rollout import encode_prompts
+from c2f_exp.rl.update import Head, head_forward, ppo_update
 
 log = logging.getLogger(__name__)
 STATE = "trainer_state.json"
-LOSS_KEYS = ("pg_loss", "vf_loss", "clipfrac", "vf_clipfrac", "approx_kl", "entropy")
 
 
 @dataclass
@@ -80,11 +81,13 @@ class CoarseTrainer:
         seed: int,
         reward_prompts: list | None = None,
         monitor: Any = None,
+        engine: Any = None,
     ):
         self.c, self.acc, self.ref, self.reward_fn = c, accelerator, ref_model, reward_fn
         self.schedule, self.kl_ctl, self.tok, self.prompts = schedule, kl_ctl, tok, prompts
         self.prefix, self.work_dir, self.log_fn, self.seed = prefix, work_dir, log_fn, seed
         self.reward_prompts, self.monitor = reward_prompts or prompts, monitor  # GoldMonitor
+        self.engine = engine or HFEngine(c)  # rl/engines.py: hf | vllm
         n = accelerator.num_processes
         if c.batch_size % n or c.minibatch_size % n:
             msg = f"coarse.batch_size ({c.batch_size}) and minibatch_size ({c.minibatch_size})"
@@ -92,6 +95,8 @@ class CoarseTrainer:
         self.local_batch, self.local_mb = c.batch_size // n, c.minibatch_size // n
         self.model, self.opt = accelerator.prepare(model, build_optimizer(model, c))
         self.state = TrainState()
+        # steps the log already holds (a resume in the same run dir): not logged again on resume
+        self.logged_steps: set[int] = set()
 
     # ---- one iteration -------------------------------------------------------------------
     def step_prompts(self, step: int) -> list[int]:
@@ -127,7 +132,7 @@ class CoarseTrainer:
         limit = self.schedule.limit
         with self._policy_for_generation() as policy:
             ids, mask, special = ids.to(dev), mask.to(dev), (tok.eos_token_id, tok.pad_token_id)
-            ro = generate(policy, ids, mask, limit, *special, c.temperature, c.top_k)
+            ro = self.engine.generate(policy, ids, mask, limit, *special)
         t_gen = time.time() - t0
         rm_prompts = [self.reward_prompts[i] for i in idx]
         scores = self.reward_fn(rm_prompts, ro).to(dev)
@@ -135,8 +140,9 @@ class CoarseTrainer:
         if not check_scores(all_scores, self.state.bad_batches, c.max_bad_batches, step):
             self.state.bad_batches += 1
             return None
-        exp = make_experience(self.model, self.ref, ro, scores, c, self.kl_ctl.value)
-        upd = self.ppo_update(exp)
+        perm0, head = self._head(ro)  # no RNG is drawn between here and the update
+        exp = make_experience(self.model, self.ref, ro, scores, c, self.kl_ctl.value, head)
+        upd = self.ppo_update(exp, perm0, head)
         per_seq = {"value": exp.values[:, 0], "trunc": ro.truncated, "len": ro.lengths}
         per_seq.update(kl=exp.kl.sum(1), seq_reward=exp.seq_rewards)
         g = {k: self.acc.gather(v.float()).cpu() for k, v in per_seq.items()}
@@ -163,38 +169,19 @@ class CoarseTrainer:
         row.update(tokens_per_s=tokens / dt, gen_tokens_per_s=tokens / max(t_gen, 1e-9))
         return {**row, "bad_batches": self.state.bad_batches}
 
-    def ppo_update(self, exp: Experience) -> dict[str, float]:
-        """`ppo_epochs` passes of shuffled minibatch updates. Returns mean statistics."""
-        c, b = self.c, exp.sequences.shape[0]
-        p_len = exp.sequences.shape[1] - exp.response_ids.shape[1]
-        sums, n = dict.fromkeys(LOSS_KEYS, 0.0), 0
-        self.model.train()
-        for _ in range(c.ppo_epochs):
-            perm = torch.randperm(b)
-            for i in range(0, b, self.local_mb):
-                e = exp.select(perm[i : i + self.local_mb])
-                t = int(e.mask.sum(1).max())  # drop columns past the longest response here
-                full = (e.sequences, e.attention_mask, e.position_ids)
-                seq, attn, pos = (x[:, : p_len + t] for x in full)
-                m, old_v, old_lp = e.mask[:, :t], e.values[:, :t], e.old_logprobs[:, :t]
-                logits, values = self.model(seq, attn, pos, t)
-                logits = logits / c.temperature  # the distribution the rollout sampled from
-                logp = ppo.logprobs_from_logits(logits, e.response_ids[:, :t])
-                adv, ret = e.advantages[:, :t], e.returns[:, :t]
-                pg, clipfrac, approx_kl = ppo.policy_loss(logp, old_lp, adv, m, c.cliprange)
-                vf, vf_clip = ppo.value_loss(values, old_v, ret, m, c.cliprange_value)
-                self.acc.backward(pg + c.vf_coef * vf)
-                if self.acc.sync_gradients:
-                    self.acc.clip_grad_norm_(self.model.parameters(), c.max_grad_norm)
-                self.opt.step()
-                self.opt.zero_grad()
-                with torch.no_grad():
-                    ent = ppo.masked_mean(ppo.entropy_from_logits(logits), m)
-                losses = (pg, vf, clipfrac, vf_clip, approx_kl, ent)
-                for k, v in zip(LOSS_KEYS, losses, strict=True):
-                    sums[k] += float(v.detach())
-                n += 1
-        return {k: v / n for k, v in sums.items()}
+    def ppo_update(self, exp: Experience, perm0=None, head: Head | None = None) -> dict:
+        """`ppo_epochs` passes of shuffled minibatch updates (rl/update.py). Mean statistics."""
+        return ppo_update(self.model, self.opt, self.acc, exp, self.c, self.local_mb, perm0, head)
+
+    def _head(self, ro) -> tuple[torch.Tensor | None, Head | None]:
+        """Epoch 0's permutation and its first minibatch's forward, when it can be reused."""
+        plugin = getattr(self.acc.state, "deepspeed_plugin", None)
+        if not self.c.rollout.reuse_first_forward or ro.logprobs is None:
+            return None, None
+        if plugin is not None or self.acc.num_processes > 1:  # engines wrap fwd/bwd there
+            return None, None
+        perm0 = torch.randperm(ro.response_ids.shape[0])  # what ppo_update would draw first
+        return perm0, head_forward(self.model, ro, perm0[: self.local_mb])
 
     # ---- loop, checkpoints -----------------------------------------------------------------
     def train(self) -> TrainState:
@@ -202,9 +189,13 @@ class CoarseTrainer:
         from tqdm.auto import tqdm
 
         ckpt = latest_checkpoint(self.work_dir)
+        c, main = self.c, self.acc.is_main_process
         if ckpt is not None:
             self.load_checkpoint(ckpt)
-        c, main = self.c, self.acc.is_main_process
+            if main:  # a fresh run dir's metrics.jsonl gets the rows logged before the kill
+                for row in self.state.trace:
+                    if row["step"] not in self.logged_steps:
+                        self.log_fn(self.logged_row(row), row["step"])
         by_tokens = bool(c.token_budget)  # the bar counts what ends the run
         bar = tqdm(
             total=c.token_budget if by_tokens else c.steps,
@@ -221,9 +212,7 @@ class CoarseTrainer:
             if row is not None:
                 self.state.trace.append(row)
                 if main:
-                    gold = [r for r in self.state.gold[-1:] if r["step"] == step]
-                    gold = {f"gold/{k}": v for r in gold for k, v in r.items() if k != "step"}
-                    self.log_fn({**row, **gold}, step)
+                    self.log_fn(self.logged_row(row), step)
                 length = f"{row['mean_response_length']:.0f}"
                 bar.set_postfix(reward=f"{row['reward']:.2f}", limit=row["limit"], len=length)
             bar.update(self.state.tokens - tokens_before if by_tokens else 1)
@@ -231,6 +220,11 @@ class CoarseTrainer:
                 self.save_checkpoint()
         bar.close()
         return self.state
+
+    def logged_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        """What `log_fn` gets for a trace row: the row plus its step's gold monitor row."""
+        gold = [r for r in self.state.gold if r["step"] == row["step"]][-1:]
+        return {**row, **{f"gold/{k}": v for r in gold for k, v in r.items() if k != "step"}}
 
     def budget_spent(self) -> bool:
         return bool(self.c.token_budget) and self.state.tokens >= self.c.token_budget

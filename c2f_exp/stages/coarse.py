@@ -38,12 +38,17 @@ class CoarseStage:
         sub["policy"] = cfg.model.base
         out = OmegaConf.to_container(OmegaConf.create(sub), resolve=True)
         del out["coarse"]["seed"]  # coarse.seed=<the run's seed> is the default's artifact
+        if out["coarse"].get("rollout", {}).get("engine", "hf") == "hf":  # speed knobs only:
+            out["coarse"].pop("rollout", None)  # results equal to float tolerance, cache kept
         return {**out, "seed": rl_seed(cfg)}
 
     def preflight(self, cfg: DictConfig) -> None:
         from c2f_exp.rl.coarse_config import validate_coarse
 
         validate_coarse(cfg)
+        from c2f_exp.rl.engines import check_engine
+
+        check_engine(cfg.coarse.rollout.engine)  # vllm: installed, and a CUDA GPU visible
         if cfg.coarse.reward_model:
             hub.resolve_model(cfg.coarse.reward_model, "coarse.reward_model")
         elif "reward" not in cfg.stages:
@@ -56,6 +61,7 @@ class CoarseStage:
 
         from c2f_exp.model_card import write_model_card
         from c2f_exp.rl import critic, ppo
+        from c2f_exp.rl.engines import build_engine
         from c2f_exp.rl.experience import load_prompts, make_reward_fn
         from c2f_exp.rl.gold_sources import build_monitor
         from c2f_exp.rl.length_schedules import build_schedule
@@ -77,9 +83,11 @@ class CoarseStage:
         prefix = prefix.format(bos=tok.bos_token or "")
         monitor = build_monitor(cfg, tok, acc, prep)  # None unless coarse.gold_every > 0
         parts = (c, acc, model, ref, reward_fn, schedule, kl_ctl, tok, texts, prefix)
+        engine = build_engine(c, base, rl_seed(cfg))  # hf | vllm (coarse.rollout.engine)
         trainer = CoarseTrainer(
-            *parts, ctx.work_dir, ctx.tracker.log, rl_seed(cfg), reward_prompts, monitor=monitor
+            *parts, ctx.work_dir, ctx.tracker.log, rl_seed(cfg), reward_prompts, monitor, engine
         )
+        trainer.logged_steps = logged_steps(ctx.stage_dir / "metrics.jsonl")
         state = trainer.train()
         full = acc.get_state_dict(trainer.model)  # gathers ZeRO-3 shards: every rank calls it
         metrics = {"steps": state.step, "bad_batches": state.bad_batches}
@@ -105,6 +113,21 @@ class CoarseStage:
             ctx.tracker.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         acc.wait_for_everyone()
         return metrics
+
+
+def logged_steps(path: Path) -> set[int]:
+    """Iterations whose row a metrics.jsonl already holds (a resume into the same run dir)."""
+    import json
+
+    steps = set()
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:  # a kill mid-write may leave a partial last line
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "limit" in row and isinstance(row.get("step"), int):
+            steps.add(row["step"])
+    return steps
 
 
 def reward_model(ctx: StageContext) -> str:

@@ -2,12 +2,19 @@
 
 Same tiny models for both (random-init Mistral policy, hidden 128, 2 layers, the tiny world's
 tokenizer; value and reward models of the same shape), batch 8, 4 PPO epochs, 1 minibatch,
-sampling at temperature 1 with EOS as stop token, response lengths 32 and 128. TRL runs in its
-own venv (/tmp/trl112_venv: trl==1.12.0, torch==2.13.0, created here if missing). Prints the
-median seconds per update after a warm-up and tokens/s (tokens generated up to EOS / seconds) for
-both, and the ratio. The CPU may be shared: medians, one run, timings noisy.
+sampling at temperature 1 with EOS as stop token, response lengths 32, 128 and 256. TRL runs in
+its own venv (/tmp/trl112_venv: trl==1.12.0, torch==2.13.0, created here if missing). Each of
+`--runs` rounds runs ours and TRL once per length, alternating which goes first, so both see the
+same machine load; each run reports the median seconds per update after a warm-up and tokens/s
+(tokens generated up to EOS / seconds). Printed: per-run ratios ours/TRL and their median.
 
-    python tests/benchmarks/ppo_vs_trl.py [--updates 6] [--lengths 32 128]
+Then generation alone: generated tokens/s of our rollout (`rollout.generate`: the lean decoder,
+and the model's own per-token forward) vs. plain `model.generate` on the same batch (8 prompts,
+temperature 1, top_k 0, EOS stop), interleaved, medians of `--runs` repetitions.
+The CPU may be shared: timings noisy, compare ratios within one run.
+
+    python tests/benchmarks/ppo_vs_trl.py [--updates 6] [--lengths 32 128 256] [--runs 3]
+        [--threads N]
 """
 
 from __future__ import annotations
@@ -238,14 +245,32 @@ def run_trl(d: Path, length: int, updates: int) -> tuple[list[float], list[int]]
     return [b - a for a, b in itertools.pairwise(stamps)], generated
 
 
+def _worker(exe: str, who: str, d: Path, length: int, a, env) -> dict:
+    cmd = [exe, __file__, "--updates", str(a.updates), "--runs", str(a.runs)]
+    p = subprocess.run(
+        [*cmd, "--worker", who, str(d), str(length)], capture_output=True, text=True, env=env
+    )
+    line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+    if p.returncode or not line:
+        sys.exit(f"{who} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return json.loads(line[0].removeprefix("RESULT "))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--updates", type=int, default=6, help="updates per run (first = warm-up)")
-    ap.add_argument("--lengths", type=int, nargs="+", default=[32, 128])
+    ap.add_argument("--lengths", type=int, nargs="+", default=[32, 128, 256])
+    ap.add_argument("--runs", type=int, default=3, help="rounds of ours + TRL per length")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (both sides)")
     ap.add_argument("--worker", nargs=3, metavar=("WHO", "DIR", "LENGTH"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         who, d, length = a.worker
+        if who == "gen":  # generation alone (rollout_speed.py)
+            from rollout_speed import run_gen
+
+            print("RESULT " + json.dumps(run_gen(Path(d), int(length), a.runs)), flush=True)
+            return
         fn = run_trl if who == "trl" else run_ours
         secs, toks = fn(Path(d), int(length), a.updates)
         print("RESULT " + json.dumps({"seconds": secs, "tokens": toks}), flush=True)
@@ -254,40 +279,53 @@ def main() -> None:
     d = Path(tempfile.mkdtemp(prefix="ppo_vs_trl_"))
     build_models(d, PREP / "base")
     env = {**os.environ, "TQDM_DISABLE": "1", "WANDB_MODE": "disabled"}
-    rows = []
+    if a.threads:
+        env.update(OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
+    res: dict[tuple[int, str], list[tuple[float, float, float]]] = {}
+    for run in range(a.runs):
+        for length in a.lengths:
+            order = (("ours", sys.executable), ("trl", str(py)))
+            for who, exe in order if run % 2 == 0 else order[::-1]:
+                r = _worker(exe, who, d, length, a, env)
+                secs, toks = r["seconds"][1:], r["tokens"][1:]  # drop the warm-up update
+                res.setdefault((length, who), []).append(
+                    (
+                        statistics.median(secs),
+                        statistics.median(t / s for t, s in zip(toks, secs, strict=True)),
+                        statistics.mean(toks),
+                    )
+                )
+    print(
+        f"batch {BATCH}, {EPOCHS} PPO epochs, 1 minibatch, {a.updates - 1} timed updates per run, "
+        f"{a.runs} runs (ours and TRL alternating); threads {a.threads or 'default'}; "
+        "tokens = generated up to and including EOS"
+    )
+    print(
+        f"{'length':>6s} {'run':>3s} {'ours s':>7s} {'TRL s':>7s} {'ours tok':>9s} "
+        f"{'TRL tok':>8s} {'ours tok/s':>10s} {'TRL tok/s':>9s} {'ratio':>6s}"
+    )
     for length in a.lengths:
-        res = {}
-        for who, exe in (("ours", sys.executable), ("trl", str(py))):
-            p = subprocess.run(
-                [exe, __file__, "--updates", str(a.updates), "--worker", who, str(d), str(length)],
-                capture_output=True,
-                text=True,
-                env=env,
+        ratios = []
+        for i, ((so, to, go), (st, tt, gt)) in enumerate(
+            zip(res[(length, "ours")], res[(length, "trl")], strict=True)
+        ):
+            ratios.append(to / tt)
+            print(
+                f"{length:6d} {i:3d} {so:7.2f} {st:7.2f} {go:9.0f} {gt:8.0f} {to:10.0f} "
+                f"{tt:9.0f} {to / tt:6.2f}"
             )
-            line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
-            if p.returncode or not line:
-                sys.exit(f"{who} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
-            r = json.loads(line[0].removeprefix("RESULT "))
-            secs, toks = r["seconds"][1:], r["tokens"][1:]  # drop the warm-up update
-            res[who] = (
-                statistics.median(secs),
-                statistics.median(t / s for t, s in zip(toks, secs, strict=True)),
-                statistics.mean(toks),
-            )
-        rows.append((length, res))
-    print(
-        f"batch {BATCH}, {EPOCHS} PPO epochs, 1 minibatch, {a.updates - 1} timed updates; "
-        "medians; tokens = generated up to and including EOS"
-    )
-    print(
-        f"{'length':>6s} {'ours s':>7s} {'TRL s':>7s} {'ours tok':>9s} {'TRL tok':>8s} "
-        f"{'ours tok/s':>10s} {'TRL tok/s':>9s} {'ratio':>6s}"
-    )
-    for length, res in rows:
-        (so, to, go), (st, tt, gt) = res["ours"], res["trl"]
+        rs = " ".join(f"{x:.2f}" for x in ratios)
+        print(f"{length:6d} median ours/TRL tokens/s {statistics.median(ratios):.2f} ({rs})")
+    print("\ngeneration alone, tokens/s (medians; ratio = ours lean / model.generate)")
+    print(f"{'length':>6s} {'lean':>7s} {'forward':>8s} {'generate':>9s} {'ratio':>6s}")
+    for length in a.lengths:
+        g = {
+            k: statistics.median(v[1:])
+            for k, v in _worker(sys.executable, "gen", d, length, a, env).items()
+        }
+        ratio = g["lean"] / g["generate"]
         print(
-            f"{length:6d} {so:7.2f} {st:7.2f} {go:9.0f} {gt:8.0f} {to:10.0f} {tt:9.0f} "
-            f"{to / tt:6.2f}"
+            f"{length:6d} {g['lean']:7.0f} {g['forward']:8.0f} {g['generate']:9.0f} {ratio:6.2f}"
         )
 
 
