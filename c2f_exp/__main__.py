@@ -11,12 +11,14 @@ import hydra
 from omegaconf import DictConfig
 
 from c2f_exp.config import register
+from c2f_exp.layout import hydra_config_path
 
 log = logging.getLogger("c2f_exp")
 register()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+# ../conf in a checkout, pkg://c2f_exp.conf in an installed wheel (setup.py ships conf/ there)
+@hydra.main(version_base="1.3", config_path=hydra_config_path(), config_name="config")
 def _app(cfg: DictConfig) -> float | None:
     """Run one job. In a multirun a failing job is logged and recorded in its manifest.json,
     and the sweep goes on (SweepCallback reports failures when it ends); alone, a user error

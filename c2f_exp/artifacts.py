@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from c2f_exp.errors import C2FError, ConfigError
+from c2f_exp.layout import MODEL_DIRS  # role -> subdirectory of each stage's artifact
 
 DONE = "DONE"
 # Failures of a write that say "this disk/path cannot take it" (not a bug): named errors.
@@ -61,15 +62,6 @@ def package_version() -> str:
         return importlib.metadata.version("c2f_exp")
     except importlib.metadata.PackageNotFoundError:  # running from a source tree
         return "0+unknown"
-
-
-# Model directories inside each stage's artifact (role -> subdirectory; "" = the artifact itself).
-MODEL_DIRS = {
-    "prepare": {"base": "base", "instruct": "instruct"},
-    "reward": {"reward": "model"},
-    "coarse": {"coarse": "actor"},
-    "merge": {"fine": ""},
-}
 
 
 def model_dirs(stage: str, art: Path) -> dict[str, str]:

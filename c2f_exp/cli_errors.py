@@ -18,6 +18,7 @@ from typing import Any
 from c2f_exp.secrets import redact_text
 
 _state = {"job_started": False}
+_ENUM_ERROR = re.compile(r"Invalid value '(.*)', expected one of \[(.*)\]")
 
 
 def job_started() -> None:
@@ -71,6 +72,10 @@ def one_line(ex: BaseException) -> str | None:
             )
     if full_key and re.search(r"Key '[^']+' (is )?not in", ctext):
         return _unknown_key(full_key.group(1), ov.lstrip("+"))
+    choice = _ENUM_ERROR.search(ctext or text)
+    if full_key and choice:  # a Choice-typed field (c2f_exp/choices.py): our own wording
+        value, options = choice.groups()
+        return f"{full_key.group(1)} must be one of {options} (got {value!r})"
     if full_key and cause is not None:
         first = ctext.strip().splitlines()[0]
         return f"{full_key.group(1)}: {first} (override {ov!r}); fix the value on the command line"

@@ -22,16 +22,15 @@ import argparse
 import csv
 import json
 import logging
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
-from c2f_exp.summary import TABLE, headline, number
-from c2f_exp.sweeping import _parse, short_name
+from c2f_exp.overrides import parse as _parse
+from c2f_exp.overrides import short_name
+from c2f_exp.summary import SEED_KEYS, TABLE, groups, headline, mean_se, number
 
 log = logging.getLogger(__name__)
-SEED_KEYS = ("seed",)
 
 
 def find_jobs(paths: list[Path]) -> list[Path]:
@@ -104,23 +103,6 @@ def table(rows: list[dict[str, Any]], params: list[str]) -> tuple[list[str], lis
     first = ["job", *(short_name(k) for k in params), "status"]
     rest = sorted({k for d in flat for k in d} - set(first) - {"error", "path"})
     return [*first, *rest, "error", "path"], flat
-
-
-def groups(flat: list[dict[str, Any]], params: list[str]) -> dict[tuple, list[dict]]:
-    """Finished rows grouped by the swept values other than seeds."""
-    keys = [p for p in params if p not in SEED_KEYS]
-    out: dict[tuple, list[dict]] = {}
-    for d in flat:
-        if d["status"] == "done":
-            out.setdefault(tuple(d.get(k) for k in keys), []).append(d)
-    return out
-
-
-def mean_se(values: list[float]) -> tuple[float, float]:
-    """Mean and standard error (0 for one value)."""
-    m = statistics.fmean(values)
-    se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
-    return m, se
 
 
 def _fixed(x: float) -> str:

@@ -12,8 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from c2f_exp.compare import SEED_KEYS, groups, mean_se
-from c2f_exp.summary import number
+from c2f_exp.summary import SEED_KEYS, groups, mean_se, number
 
 METRICS = (
     ("facts", "gold facts / answer"),

@@ -23,7 +23,9 @@ RESULT = "result.json"
 
 
 def _cfg(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    if not isinstance(node, DictConfig):
+        return node
+    return OmegaConf.to_container(node, resolve=True, enum_to_str=True)  # choices as plain str
 
 
 def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:

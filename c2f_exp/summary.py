@@ -11,6 +11,7 @@ coarse stage, so a merge sweep can say how much of the Coarse Actor's facts the 
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 EVAL_ORDER = ("fine", "coarse", "instruct", "base")
@@ -99,3 +100,24 @@ def eval_table(manifest: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     metrics = sorted({m for row in per_model.values() for m in row})
     rows = [[model, *(row.get(m) for m in metrics)] for model, row in per_model.items()]
     return ["model", *metrics], rows
+
+
+# -- statistics over the jobs of a sweep (compare.py tables, compare_plots.py error bars) -----
+SEED_KEYS = ("seed",)
+
+
+def groups(flat: list[dict[str, Any]], params: list[str]) -> dict[tuple, list[dict]]:
+    """Finished rows grouped by the swept values other than seeds."""
+    keys = [p for p in params if p not in SEED_KEYS]
+    out: dict[tuple, list[dict]] = {}
+    for d in flat:
+        if d["status"] == "done":
+            out.setdefault(tuple(d.get(k) for k in keys), []).append(d)
+    return out
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error (0 for one value)."""
+    m = statistics.fmean(values)
+    se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
+    return m, se

@@ -20,24 +20,12 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from c2f_exp.overrides import ALIASES, short_name  # noqa: F401  (re-exported)
+from c2f_exp.overrides import parse as _parse
 from c2f_exp.secrets import redact_text, scrub_yaml
 from c2f_exp.tracking import RunIdentity
 
 log = logging.getLogger(__name__)
-# Short names for run names and wandb config keys (the rest: the key's last dotted part).
-ALIASES = {"merger.coefficient": "lambda", "length_schedule": "schedule"}
-
-
-def short_name(key: str) -> str:
-    """`merger.coefficient` -> `lambda`, `length_schedule.rate` -> `rate`, `+seed` -> `seed`."""
-    key = key.lstrip("+~")
-    return ALIASES.get(key, key.rsplit(".", 1)[-1])
-
-
-def _parse(overrides: list[str]) -> list[Any]:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    return OverridesParser.create().parse_overrides(overrides)
 
 
 def swept_keys(hc: Any) -> list[str]:

@@ -93,7 +93,7 @@ class Tracker:
                 # swept values as top-level keys: the dashboard groups and plots by them
                 config=redact({**config, **{k: _config_value(v) for k, v in ident.swept.items()}}),
                 dir=str(run_dir),
-                mode=tcfg.mode,
+                mode=str(tcfg.mode),  # a plain str, not the TrackerMode enum member
                 settings=_settings(wandb),
             )
             log.info(

@@ -49,3 +49,49 @@ def run_cli(args: list[str], tmp: Path, env: dict | None = None, timeout: int = 
 
 def read_manifest(tmp: Path) -> dict:
     return json.loads((tmp / "run" / "manifest.json").read_text())
+
+
+# -- tiny models and artifacts shared by several test modules -------------------------------
+def tiny_mistral_config(**kw):
+    """A `MistralConfig` for in-process test models (hidden 32, 2 layers, 2 heads of 16, one KV
+    head, vocab 64, untied embeddings, no sliding window); keyword arguments override any field.
+    """
+    from transformers import MistralConfig
+
+    base = {
+        "vocab_size": 64,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "max_position_embeddings": 128,
+        "sliding_window": None,
+        "tie_word_embeddings": False,
+    }
+    return MistralConfig(**{**base, **kw})
+
+
+@pytest.fixture
+def torch_one_thread():
+    """Tiny models run faster on one torch thread (much faster on shared, busy cores)."""
+    from c2f_exp.evaluation.models import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory) -> Path:
+    """A prepare-like artifact (world, data files, tiny base/instruct): tests/test_eval_common."""
+    from tests.test_eval_common import build_tiny_artifact
+
+    return build_tiny_artifact(tmp_path_factory.mktemp("prep"))
+
+
+@pytest.fixture(scope="session")
+def trio(tmp_path_factory) -> dict[str, str]:
+    """base / instruct / coarse model dirs for merges (tests/test_merge_io.build_trio)."""
+    from tests.test_merge_io import build_trio
+
+    return build_trio(tmp_path_factory.mktemp("trio"))

@@ -38,7 +38,7 @@ traceback, and no stage artifact in the cache (it failed before anything trained
 | 28 | `eval.lm_eval.batch_size=lots` | eval.lm_eval.batch_size must be 'auto', 'auto:N' or ... |
 | 29 | merge, base: a missing dir | merger.base=... neither a local directory ... |
 | 30 | merge, base: an empty dir | merger.base=... has no config.json; ... |
-| 31 | merge, base: .bin only | merger.base=... has no *.safetensors weights; convert it ... |
+| 31 | merge, base: .bin only | merger.base=... has only pickle weights (pytorch_model.bin); ... |
 | 32 | merge, coarse: truncated | merger.coarse=...: model.safetensors is not a complete |
 |    |                          | safetensors file (... incomplete metadata ...); ... |
 | 33 | merge, coarse: other shapes | tensors differ between models: ... (coarse has shape |
@@ -205,7 +205,7 @@ TABLE = [
     ("lm_batch", ["eval.lm_eval.batch_size=lots"], "eval.lm_eval.batch_size must be 'auto'"),
     ("merge_missing", lambda p: _merge(p, base="missing"), "merger.base=*neither a local"),
     ("merge_empty", lambda p: _merge(p, base="empty"), "merger.base=*has no config.json"),
-    ("merge_pickle", lambda p: _merge(p, base="pickle"), "merger.base=*no *.safetensors"),
+    ("merge_pickle", lambda p: _merge(p, base="pickle"), "merger.base=*only pickle weights"),
     (
         "merge_truncated",
         lambda p: _merge(p, coarse="truncated"),

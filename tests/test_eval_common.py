@@ -55,18 +55,21 @@ def build_tiny_artifact(root: Path, n_entities: int = 6) -> Path:
     return root
 
 
+# The fixtures live in tests/conftest.py (`tiny_artifact`, `torch_one_thread`); the eval tests
+# use them from there. test_mt_bench.py / test_mt_bench_openai.py still import `tiny_artifact`
+# and `one_torch_thread` from here: kept for them (`one_torch_thread` autouse, as before).
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models run faster on one torch thread (much faster on shared, busy cores)."""
-    from c2f_exp.evaluation.models import torch_threads
-
-    with torch_threads(1):
-        yield
+def one_torch_thread(torch_one_thread):
+    """Autouse alias of conftest's `torch_one_thread` for the modules that import it."""
+    yield
 
 
-@pytest.fixture(scope="session")
-def tiny_artifact(tmp_path_factory) -> Path:
-    return build_tiny_artifact(tmp_path_factory.mktemp("prep"))
+def __getattr__(name: str):  # PEP 562: not in dir(), so pytest does not register it twice here
+    if name == "tiny_artifact":
+        from tests.conftest import tiny_artifact
+
+        return tiny_artifact
+    raise AttributeError(name)
 
 
 def eval_cfg(overrides: dict | None = None, group: str = "tinyworld"):

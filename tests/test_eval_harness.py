@@ -10,10 +10,12 @@ import pytest
 from c2f_exp.errors import ConfigError
 from c2f_exp.evaluation import harness
 from c2f_exp.evaluation.tasks import materialise_tinyworld, process_about
-from tests.test_eval_common import eval_cfg, one_torch_thread, tiny_artifact  # noqa: F401
+from tests.test_eval_common import eval_cfg
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
-def test_materialised_tasks_use_absolute_paths(tiny_artifact, tmp_path, monkeypatch):  # noqa: F811
+def test_materialised_tasks_use_absolute_paths(tiny_artifact, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # lm-eval would resolve relative paths from here
     dest = materialise_tinyworld(tiny_artifact, Path("rel"), ["tinyworld_mc", "tinyworld_about"])
     text = (dest / "tinyworld_mc.yaml").read_text()
@@ -28,7 +30,7 @@ def test_materialised_tasks_use_absolute_paths(tiny_artifact, tmp_path, monkeypa
         materialise_tinyworld(tiny_artifact, tmp_path / "x", ["tinyworld_nope"])
 
 
-def test_about_metric_is_the_gold_scorer(tiny_artifact):  # noqa: F811
+def test_about_metric_is_the_gold_scorer(tiny_artifact):
     from c2f_exp.tinyworld.world import World
 
     world = World.load(tiny_artifact / "world.json")
@@ -41,7 +43,7 @@ def test_about_metric_is_the_gold_scorer(tiny_artifact):  # noqa: F811
     assert m["gold_total"] == pytest.approx(2 - 0.25)
 
 
-def test_lm_eval_runs_tiny_tasks_with_a_tiny_model(tiny_artifact, tmp_path):  # noqa: F811
+def test_lm_eval_runs_tiny_tasks_with_a_tiny_model(tiny_artifact, tmp_path):
     from c2f_exp.evaluation.models import ModelRef, load
 
     tasks = ["tinyworld_mc", "tinyworld_about"]

@@ -12,7 +12,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from c2f_exp.evaluation import report
-from tests.test_eval_common import eval_cfg, one_torch_thread, tiny_artifact  # noqa: F401
+from tests.test_eval_common import eval_cfg
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def make_ctx(cfg, artifact: Path, tmp: Path, upstream: dict | None = None):
@@ -30,7 +32,7 @@ def make_ctx(cfg, artifact: Path, tmp: Path, upstream: dict | None = None):
 
 
 @pytest.fixture(scope="module")
-def stage_run(tiny_artifact, tmp_path_factory):  # noqa: F811
+def stage_run(tiny_artifact, tmp_path_factory):
     from c2f_exp.stages.evaluate import EvalStage
 
     tmp = tmp_path_factory.mktemp("eval")
@@ -84,7 +86,7 @@ def test_stage_outputs_are_fastchat_and_lm_eval_files(stage_run):
     assert str((out / "lm_eval_tasks" / "tinyworld_mc.jsonl").resolve()) in yaml_text
 
 
-def test_explicit_models_and_upstream_coarse_fine(tiny_artifact, tmp_path):  # noqa: F811
+def test_explicit_models_and_upstream_coarse_fine(tiny_artifact, tmp_path):
     from c2f_exp.evaluation.models import resolve_models
 
     cfg = eval_cfg()

@@ -7,10 +7,13 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from c2f_exp.evaluation.tasks import materialise_tinyworld, relocate_tasks
 from c2f_exp.stages import final_dir
 from c2f_exp.stages.evaluate import EvalStage
-from tests.test_eval_common import one_torch_thread, tiny_artifact  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 TASKS = ["tinyworld_mc", "tinyworld_about"]
 
@@ -23,7 +26,7 @@ def _data_files(task_dir: Path, task: str) -> str:
     return cfg["dataset_kwargs"]["data_files"]["test"]
 
 
-def test_lower_is_better_for_wrong_facts_and_repetition(tiny_artifact, tmp_path):  # noqa: F811
+def test_lower_is_better_for_wrong_facts_and_repetition(tiny_artifact, tmp_path):
     from lm_eval.tasks import TaskManager
 
     dest = materialise_tinyworld(tiny_artifact, tmp_path / "tasks", TASKS)
@@ -34,7 +37,7 @@ def test_lower_is_better_for_wrong_facts_and_repetition(tiny_artifact, tmp_path)
     assert all(tasks["tinyworld_mc"].higher_is_better().values())
 
 
-def test_relocate_points_yamls_at_the_moved_directory(tiny_artifact, tmp_path):  # noqa: F811
+def test_relocate_points_yamls_at_the_moved_directory(tiny_artifact, tmp_path):
     built = materialise_tinyworld(tiny_artifact, tmp_path / "build" / "tasks", TASKS)
     moved = tmp_path / "final" / "tasks"
     shutil.copytree(built, moved)
@@ -50,7 +53,7 @@ def test_relocate_points_yamls_at_the_moved_directory(tiny_artifact, tmp_path): 
     assert relocate_tasks(moved, moved) == []  # idempotent: nothing rewritten
 
 
-def test_publish_repairs_a_reused_artifact(tiny_artifact, tmp_path):  # noqa: F811
+def test_publish_repairs_a_reused_artifact(tiny_artifact, tmp_path):
     art = tmp_path / "eval" / "key"
     materialise_tinyworld(tiny_artifact, tmp_path / ".tmp-key-1-2" / "lm_eval_tasks", TASKS)
     shutil.copytree(tmp_path / ".tmp-key-1-2", art)  # an older artifact: stale temp paths

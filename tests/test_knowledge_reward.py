@@ -89,10 +89,13 @@ def test_stage_saves_the_head_and_loading_applies_it(trained, tmp_path):
         rmod.load_reward_model(str(copy))
 
 
-def test_a_knowledge_head_needs_pairs_and_training():
-    with pytest.raises(ConfigError, match="reward.knowledge.enabled"):
-        RewardStage().preflight(_cfg(objective="process", knowledge={"enabled": True}))
-    with pytest.raises(ConfigError, match="reward.knowledge.enabled"):
+def test_a_knowledge_head_needs_the_tiny_world():
+    with pytest.raises(
+        ConfigError, match=r"reward\.knowledge\.enabled must be false for reward\.source=hub"
+    ):
+        RewardStage().preflight(_cfg("hh_rlhf", dataset="/data/hh", knowledge={"enabled": True}))
+    # with reward.path nothing is trained: the knowledge switch is not in the way
+    with pytest.raises(ConfigError, match=r"reward\.path=/nonexistent"):
         RewardStage().preflight(_cfg(path="/nonexistent", knowledge={"enabled": True}))
 
 

@@ -162,7 +162,9 @@ def test_model_dir_errors_name_key(tmp_path, trio):
     with pytest.raises(io.MergeError, match=r"merger.base=.*no config.json"):
         io.ModelDir(tmp_path / "empty", "merger.base")
     shutil.copy(Path(trio["base"]) / "config.json", tmp_path / "empty")
-    with pytest.raises(io.MergeError, match=r"no \*\.safetensors"):
+    with pytest.raises(
+        io.MergeError, match=r"merger.base=.*has no weights; models load from safetensors only"
+    ):
         io.ModelDir(tmp_path / "empty", "merger.base")
     (tmp_path / "empty" / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{bad")
     with pytest.raises(io.MergeError, match=r"merger.base: .*not a safetensors"):

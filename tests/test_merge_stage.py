@@ -20,13 +20,8 @@ from c2f_exp.merging.config import MergerConf
 from c2f_exp.stages import StageContext
 from c2f_exp.stages.merge import RECIPE, MergeStage
 from c2f_exp.tracking import Tracker
-from tests.conftest import CONF
-from tests.test_merge_io import build_trio, load_dir
-
-
-@pytest.fixture(scope="module")
-def trio(tmp_path_factory):
-    return build_trio(tmp_path_factory.mktemp("stage_trio"))
+from tests.conftest import CONF, tiny_mistral_config
+from tests.test_merge_io import TINY, load_dir, tiny_mistral_state
 
 
 def make_cfg(stages=("merge",), **merger):
@@ -205,3 +200,15 @@ def test_config_subtree_tracks_content_and_settings(trio, tmp_path):
     data[-1] ^= 1
     shard.write_bytes(bytes(data))
     assert stage.config_subtree(make_cfg(**{**trio, "coarse": str(copy)}))["inputs"] != a["inputs"]
+
+
+def test_hand_written_trio_matches_a_real_mistral():
+    """The merge tests' state dicts (test_merge_io.TINY shapes) are what transformers builds
+    for the same config, so merging them exercises real tensor names and shapes."""
+    from transformers import MistralForCausalLM
+
+    keys = ("num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings")
+    model = MistralForCausalLM(tiny_mistral_config(**{k: TINY[k] for k in keys}))
+    real = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    hand = {k: tuple(v.shape) for k, v in tiny_mistral_state(torch.Generator()).items()}
+    assert hand == real

@@ -168,16 +168,26 @@ def test_coefficient_for_gradient_and_overrides():
 
 
 @pytest.mark.parametrize(
+    "field,value",
+    [("method", "avg"), ("filter", "topk"), ("on_mismatch", "ignore"), ("out_dtype", "fp8")],
+)
+def test_bad_merger_choice_fails_when_the_config_is_built(field, value):
+    """Choice fields are enums (c2f_exp/choices.py): OmegaConf refuses a bad one, naming it."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ValidationError
+
+    node = OmegaConf.structured(MergerConf)
+    with pytest.raises(ValidationError, match=field):
+        node[field] = value
+
+
+@pytest.mark.parametrize(
     "field,value,needle",
     [
-        ("method", "avg", "merger.method"),
-        ("filter", "topk", "merger.filter"),
         ("density", 0.0, "merger.density"),
         ("drop_p", 1.0, "merger.drop_p"),
         ("coefficient", "abc", "merger.coefficient"),
         ("coefficient", [], "merger.coefficient"),
-        ("on_mismatch", "ignore", "merger.on_mismatch"),
-        ("out_dtype", "fp8", "merger.out_dtype"),
         ("shard_size", "lots", "merger.shard_size"),
         ("module_overrides", {"mlp": "x"}, "merger.module_overrides.mlp"),
     ],

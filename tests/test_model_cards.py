@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from c2f_exp.model_card import card_metadata, is_hub_id, write_model_card
 from c2f_exp.stages.merge import MergeStage
-from tests.test_merge_stage import make_cfg, run_stage, trio  # noqa: F401
+from tests.test_merge_stage import make_cfg, run_stage
 
 HUB = "mistralai/Mistral-7B-v0.1"
 
@@ -64,7 +64,7 @@ def test_bad_role_and_missing_dir_are_named(tmp_path):
         write_model_card(tmp_path / "nope", role="base", description="x")
 
 
-def test_merge_stage_writes_a_hub_card_inside_the_artifact(trio, tmp_path):  # noqa: F811
+def test_merge_stage_writes_a_hub_card_inside_the_artifact(trio, tmp_path):
     art, _ = run_stage(make_cfg(coefficient=0.5, **trio), tmp_path)
     d = ModelCard.load(art / "README.md").data.to_dict()
     assert d["tags"][:3] == ["c2f_exp", "fine", "merge"] and d["library_name"] == "transformers"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -57,18 +58,48 @@ def test_prepare_micro_end_to_end(micro_run):
     assert not list(art.parent.glob(".tmp-*")), "temp dirs left behind"
 
 
+ROLES = ["base", "instruct", "coarse", "fine"]
+
+
 def test_default_run_writes_eval_report(micro_run):
-    ev = read_manifest(micro_run)["stages"][-1]
+    manifest = read_manifest(micro_run)
+    ev = manifest["stages"][-1]
     assert ev["status"] == "done"
-    report = (micro_run / "run" / "eval" / "report.md").read_text()
-    assert "| base |" in report.replace(" base | instruct |", "| base |")
+    report = (micro_run / "run" / "eval" / "report.md").read_text().splitlines()
+    header = next(x for x in report if x.startswith("| task | metric |"))
+    assert header == "| task | metric | " + " | ".join(ROLES) + " |"  # one column per model
+    rows = [x for x in report if x.startswith("| tinyworld_about | gold_total |")]
+    assert len(rows) == 1 and len(rows[0].strip("|").split("|")) == 2 + len(ROLES)
     results = json.loads((micro_run / "run" / "eval" / "results.json").read_text())
-    names = set(json.dumps(results).replace('"', " ").split())
-    assert {"base", "instruct", "coarse", "fine"} <= names
-    art = {s["stage"]: Path(s["path"]) for s in read_manifest(micro_run)["stages"]}
+    assert list(results["results"]) == list(results["models"]) == ROLES
+    art = {s["stage"]: Path(s["path"]) for s in manifest["stages"]}
+    # every model evaluated is the one the run produced, and the manifest names the same dirs
+    produced = {
+        "base": art["prepare"] / "base",
+        "instruct": art["prepare"] / "instruct",
+        "coarse": art["coarse"] / "actor",
+        "fine": art["merge"],
+    }
+    assert {r: Path(m["path"]) for r, m in results["models"].items()} == produced
+    models = {r: Path(d) for s in manifest["stages"] for r, d in s["models"].items()}
+    assert {r: models[r] for r in ROLES} == produced
+    assert models["reward"] == art["reward"] / "model"
+    for role in ROLES:
+        assert "gold_total" in results["results"][role]["tinyworld_about"], role
     assert (art["coarse"] / "actor" / "model.safetensors").is_file()
     assert (art["coarse"] / "length_trace.csv").is_file()
     assert (art["merge"] / "merge_recipe.json").is_file()
+
+
+def test_micro_length_limit_grows_under_continuous_max(micro_run):
+    """debug=micro exercises a limit that moves (l_min 8, multiple 1, rate 2: conf/debug)."""
+    lines = (micro_run / "run" / "coarse" / "metrics.jsonl").read_text().splitlines()
+    steps = [r for r in map(json.loads, lines) if "next_limit" in r]
+    assert len(steps) == 3  # coarse.steps under micro
+    limits = [steps[0]["limit"], *(r["next_limit"] for r in steps)]
+    assert limits[0] == 8 and limits == sorted(limits) and max(limits) <= 16
+    assert limits[-1] > 8, limits  # it grew
+    assert all(r["limit"] == prev["next_limit"] for prev, r in itertools.pairwise(steps))
 
 
 def test_standalone_merge_cli(micro_run, tmp_path):

@@ -108,7 +108,10 @@ def micro(tmp_path_factory):
 def trained(micro, tmp_path_factory):
     torch.manual_seed(0)
     tmp = tmp_path_factory.mktemp("reward")
-    return _run(_cfg(**SMALL, objective="process", defects={"enabled": True}), tmp, micro)
+    cfg = _cfg(
+        **SMALL, objective="process", defects={"enabled": True}, knowledge={"enabled": False}
+    )
+    return _run(cfg, tmp, micro)  # the process RM's own pooling (the knowledge head: its own test)
 
 
 def test_stage_trains_and_writes_a_reward_model(trained):

@@ -240,6 +240,7 @@ def test_failed_job_is_shown_by_compare_and_fails_the_sweep(tmp_path, shared_cac
     assert "**failed**" in (sw / "compare.md").read_text()
 
 
+@pytest.mark.slow  # ~36 s; the default suite stays under 10 minutes
 def test_optuna_merge_search_returns_the_objective(tmp_path, shared_cache):
     sw = tmp_path / "sw"
     objective = "fine/text_stats/distinct_2"
@@ -262,9 +263,11 @@ def test_optuna_merge_search_returns_the_objective(tmp_path, shared_cache):
 @pytest.mark.parametrize(
     ("name", "extra", "jobs"),
     [  # each sweep's one line, narrowed on the command line to keep the suite short
-        ("length_growth", [], 6),
+        pytest.param("length_growth", [], 6, marks=pytest.mark.slow),  # default suite < 10 min
         ("schedule_ablation", ["coarse.seed=0"], 5),
-        ("seeds", ["seed=0,1", "stages=[prepare,reward,coarse]"], 2),
+        pytest.param(
+            "seeds", ["seed=0,1", "stages=[prepare,reward,coarse]"], 2, marks=pytest.mark.slow
+        ),
         ("merge_coefficient", ["merger.filter=none", "stages=[prepare,reward,coarse,merge]"], 8),
     ],
 )

@@ -13,11 +13,25 @@ from typing import Any
 
 from omegaconf import MISSING, DictConfig
 
-from c2f_exp.errors import bad_value, check_choice
+from c2f_exp.choices import ModelDType, choice
+from c2f_exp.errors import bad_value
 
 TINYWORLD_TASKS = ("tinyworld_mc", "tinyworld_about")
-JUDGE_TYPES = ("openai_compatible", "hf_local", "reward_model", "tinyworld_gold")
-MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
+TINYWORLD_KEY_METRICS = (  # "task/metric" for the report's bar chart
+    "tinyworld_mc/acc",
+    "tinyworld_about/gold_total",
+    "tinyworld_about/correct_facts",
+    "mt_bench/average",
+    "text_stats/mean_tokens",
+    "text_stats/distinct_2",
+    "text_stats/repetition_rate",
+    "text_stats/compression_ratio",
+)
+JudgeType = choice(
+    "JudgeType", ("openai_compatible", "hf_local", "reward_model", "tinyworld_gold"), __name__
+)
+MTBenchSource = choice("MTBenchSource", ("tinyworld", "fastchat"), __name__)
+JUDGE_TYPES, MODEL_DTYPES = JudgeType.values(), ModelDType.values()
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -31,12 +45,12 @@ def _chat_defaults() -> dict[str, bool]:
 class LmEvalConf:
     """lm-evaluation-harness settings (`simple_evaluate`)."""
 
-    tasks: list[str] = field(default_factory=list)  # task/group names; [] = no lm-eval
+    tasks: list[str] = field(default_factory=lambda: list(TINYWORLD_TASKS))  # [] = no lm-eval
     num_fewshot: dict[str, int] = field(default_factory=dict)  # per task; absent: task default
-    batch_size: str = "auto"  # "auto", "auto:N" or an integer
+    batch_size: str = "64"  # "auto", "auto:N" or an integer
     max_batch_size: int = 64
     device: str = "auto"  # auto = cuda when available, else cpu
-    dtype: str = "auto"
+    dtype: ModelDType = ModelDType.float32
     limit: float | None = None  # examples per task (int) or fraction (< 1); null = all
     include_path: list[str] = field(default_factory=list)  # extra task YAML directories
     max_length: int | None = None
@@ -48,7 +62,7 @@ class LmEvalConf:
 class JudgeConf:
     """Who grades MT-Bench answers (single-answer grading, scores 1-10)."""
 
-    type: str = "tinyworld_gold"  # openai_compatible | hf_local | reward_model | tinyworld_gold
+    type: JudgeType = JudgeType.tinyworld_gold
     model: str | None = None  # API model name, or a local model dir (hf_local, reward_model)
     base_url: str | None = None  # openai_compatible: e.g. http://127.0.0.1:8000/v1
     api_key_env: str | None = None  # NAME of the env var holding the key (never the key)
@@ -64,7 +78,7 @@ class JudgeConf:
     reference_categories: list[str] = field(
         default_factory=lambda: ["math", "reasoning", "coding"]
     )  # reference-guided prompts
-    dtype: str = "auto"  # hf_local / reward_model
+    dtype: ModelDType = ModelDType.auto  # hf_local / reward_model
     score_low: float | None = None  # reward_model: RM score mapped to 1
     score_high: float | None = None  # reward_model: RM score mapped to 10
     calibration_file: str | None = None  # reward_model: preference pairs to calibrate on
@@ -75,16 +89,17 @@ class MTBenchConf:
     """Two-turn answers and their judgments, in FastChat's llm_judge layout."""
 
     enabled: bool = True
-    source: str = "tinyworld"  # tinyworld: prepare's two-turn set | fastchat: the 80 questions
+    source: MTBenchSource = MTBenchSource.tinyworld  # tinyworld: prepare's two-turn set |
+    # fastchat: the 80 questions
     question_file: str | None = None  # explicit files win over any other source
     judge_prompts_file: str | None = None
     reference_answer_file: str | None = None
     hub_repo: str = "lmsys/mt-bench"  # last resort when online: FastChat's published files
     hub_repo_type: str = "space"
-    max_new_tokens: int = 1024
+    max_new_tokens: int = 128  # a complete, explained tiny-world answer needs > 100 tokens
     temperatures: dict[str, float] = field(default_factory=dict)  # per category (FastChat's)
     default_temperature: float = 0.7
-    batch_size: int = 16
+    batch_size: int = 64
     limit: int | None = None  # first N questions; null = all
     judge: JudgeConf = field(default_factory=JudgeConf)
 
@@ -101,8 +116,8 @@ class EvalConf:
     models: dict[str, str] = field(default_factory=dict)  # {} = every model the run produced
     chat: dict[str, bool] = field(default_factory=_chat_defaults)  # per model: chat template?
     seed: int = 0
-    num_threads: int | None = None  # torch intra-op threads during eval; null = unchanged
-    key_metrics: list[str] = field(default_factory=list)  # "task/metric" for the bar chart
+    num_threads: int | None = 1  # torch intra-op threads during eval; null = unchanged
+    key_metrics: list[str] = field(default_factory=lambda: list(TINYWORLD_KEY_METRICS))
     lm_eval: LmEvalConf = field(default_factory=LmEvalConf)
     mt_bench: MTBenchConf = field(default_factory=MTBenchConf)
     text_stats: TextStatsConf = field(default_factory=TextStatsConf)
@@ -116,8 +131,6 @@ def _check_batch_size(key: str, value: str) -> None:
 
 
 def _check_judge(j: Any, source: str) -> None:
-    check_choice("eval.mt_bench.judge.type", j.type, JUDGE_TYPES)
-    check_choice("eval.mt_bench.judge.dtype", j.dtype, MODEL_DTYPES)
     if j.api_key_env is not None and not _ENV_NAME.match(j.api_key_env):
         raise bad_value(
             "eval.mt_bench.judge.api_key_env",
@@ -158,7 +171,6 @@ def validate_eval(cfg: DictConfig) -> None:
             raise bad_value(f"eval.models.{name}", name, "a name of letters, digits, _ . -")
     lm = e.lm_eval
     _check_batch_size("eval.lm_eval.batch_size", lm.batch_size)
-    check_choice("eval.lm_eval.dtype", lm.dtype, MODEL_DTYPES)
     if lm.limit is not None and not lm.limit > 0:
         raise bad_value("eval.lm_eval.limit", lm.limit, "> 0 (a count, or a fraction < 1)")
     for task, k in lm.num_fewshot.items():
@@ -173,7 +185,6 @@ def validate_eval(cfg: DictConfig) -> None:
             "the tiny world's tasks need data=tinyworld",
         )
     m = e.mt_bench
-    check_choice("eval.mt_bench.source", m.source, ("tinyworld", "fastchat"))
     if m.source == "tinyworld" and cfg.data.source != "tinyworld" and not m.question_file:
         raise bad_value(
             "eval.mt_bench.source",

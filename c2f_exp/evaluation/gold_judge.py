@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-from c2f_exp.evaluation.judges import Judgment, Match
+from c2f_exp.evaluation.verdicts import Judgment, Match
 
 _SPLIT = re.compile(r"[.?!\n]|</s>|\bbecause\b")
 

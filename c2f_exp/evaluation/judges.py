@@ -18,11 +18,12 @@ import logging
 import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from c2f_exp import layout
 from c2f_exp.evaluation.clients import ChatClient, JudgeUnavailable
+from c2f_exp.evaluation.verdicts import Judge, Judgment, Match  # re-exported for callers
 
 log = logging.getLogger(__name__)
 _RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
@@ -38,31 +39,6 @@ def extract_rating(text: str, lo: float = 1.0, hi: float = 10.0) -> float | None
             value = float(found[-1])
             return value if lo <= value <= hi else None
     return None
-
-
-@dataclass
-class Match:
-    """One thing to grade: turn 1 or 2 of one model's answer to one question."""
-
-    question: dict  # FastChat question: question_id, category, turns
-    answers: list[str]  # the model's answers to turns 1 and 2
-    turn: int  # 1 or 2
-    reference: list[str] | None = None  # reference answers per turn (math/reasoning/coding)
-
-
-@dataclass
-class Judgment:
-    score: float  # 1-10, or -1 when no rating could be obtained
-    prompt_name: str
-    user_prompt: str = ""
-    judgment: str = ""
-    attempts: int = 1
-
-
-class Judge(Protocol):
-    name: str  # the judge's model name in FastChat's files (`<name>_single.jsonl`)
-
-    def judge_many(self, matches: list[Match]) -> list[Judgment]: ...
 
 
 class LLMJudge:
@@ -287,14 +263,12 @@ def build(
     """The configured judge with the resources it needs (prompts, world, reward model)."""
     res: dict[str, Any] = {"prompts": prompts, "device": device}
     if prepare_dir:
-        res["world_path"] = str(Path(prepare_dir) / "world.json")
+        res["world_path"] = str(layout.world_file(prepare_dir))
     if jcfg.type == "reward_model":
-        from c2f_exp.evaluation.mt_bench_data import read_jsonl
-
         res["reward_path"] = _reward_path(jcfg, upstream)
         cal = jcfg.calibration_file or (
-            str(Path(prepare_dir) / "data" / "preferences_test.jsonl") if prepare_dir else None
+            str(layout.data_file(prepare_dir, "preferences_test.jsonl")) if prepare_dir else None
         )
         if jcfg.score_low is None and cal:
-            res["calibration_pairs"] = read_jsonl(cal)
+            res["calibration_pairs"] = layout.read_jsonl(cal)
     return registry()[jcfg.type](jcfg, **res)

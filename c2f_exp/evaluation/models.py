@@ -43,17 +43,17 @@ def _has_tokenizer(path: str) -> bool:
 
 def resolve_models(ctx: Any) -> list[ModelRef]:
     """The models to evaluate, from `eval.models` or the run's upstream artifacts."""
-    from c2f_exp.stages.prepare import model_dir
+    from c2f_exp import layout
 
     ecfg = ctx.cfg.eval
     if ecfg.models:
         paths = {n: hub.resolve_model(p, f"eval.models.{n}") for n, p in ecfg.models.items()}
     else:
-        paths = {role: model_dir(ctx, role) for role in ("base", "instruct")}
-        if "coarse" in ctx.upstream:
-            paths["coarse"] = str(Path(ctx.upstream["coarse"]["path"]) / "actor")
-        if "merge" in ctx.upstream:
-            paths["fine"] = str(Path(ctx.upstream["merge"]["path"]))
+        up = ctx.upstream
+        paths = {role: layout.model_dir(ctx.cfg, up, role) for role in ("base", "instruct")}
+        for stage, role in (("coarse", "coarse"), ("merge", "fine")):
+            if stage in up:
+                paths[role] = str(layout.stage_model_dir(stage, up[stage]["path"], role))
     base_tok = paths.get("base")
     refs = []
     for name in ordered(list(paths)):

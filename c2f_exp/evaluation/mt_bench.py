@@ -17,8 +17,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from c2f_exp.evaluation.judges import Judge, Match
 from c2f_exp.evaluation.mt_bench_data import write_jsonl
+from c2f_exp.evaluation.verdicts import Judge, Match
 
 log = logging.getLogger(__name__)
 

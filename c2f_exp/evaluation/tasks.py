@@ -19,8 +19,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from c2f_exp import layout
 from c2f_exp.errors import ConfigError
 from c2f_exp.evaluation.config import TINYWORLD_TASKS
+from c2f_exp.layout import read_jsonl, write_jsonl
 
 ABOUT_METRICS = (
     "gold_total",
@@ -35,14 +37,6 @@ _UTILS = (
     '"""Written by c2f_exp.evaluation.tasks: lm-eval loads metrics from a file next to the '
     'YAML."""\nfrom c2f_exp.evaluation.tasks import process_about  # noqa: F401\n'
 )
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def _yaml(cfg: dict[str, Any], extra: str = "") -> str:
@@ -70,11 +64,11 @@ def _mean(metric: str) -> dict[str, Any]:
 def _write_mc(src: Path, dest: Path) -> None:
     from c2f_exp.tinyworld.world import ATTR_BY_NAME
 
-    rows = _read_jsonl(src / "data" / "mc_questions.jsonl")
+    rows = read_jsonl(layout.data_file(src, "mc_questions.jsonl"))
     for r in rows:  # full-sentence choices: "the X is colored red ."
         attr = ATTR_BY_NAME[r["attribute"]]
         r["answers"] = [f"{attr.render(r['entity'], v)} ." for v in r["choices"]]
-    _write_jsonl(dest / "tinyworld_mc.jsonl", rows)
+    write_jsonl(dest / "tinyworld_mc.jsonl", rows)
     cfg = _task(
         "tinyworld_mc",
         dest / "tinyworld_mc.jsonl",
@@ -95,7 +89,7 @@ def _write_about(world_path: Path, dest: Path, max_gen_toks: int) -> None:
         {"prompt": PROMPT_TEMPLATE.format(e=e), "entity": e, "world_path": str(world_path)}
         for e in world.heldout_entities
     ]
-    _write_jsonl(dest / "tinyworld_about.jsonl", rows)
+    write_jsonl(dest / "tinyworld_about.jsonl", rows)
     gen = {"until": ["</s>"], "max_gen_toks": max_gen_toks, "do_sample": False}
     cfg = _task(
         "tinyworld_about",
@@ -125,7 +119,7 @@ def materialise_tinyworld(
         `dest`.
     """
     src = Path(prepare_dir)
-    world_path = (src / "world.json").resolve()
+    world_path = layout.world_file(src).resolve()
     if not world_path.is_file():
         raise ConfigError(
             f"{src} is not a tiny-world prepare artifact (no world.json); add prepare to stages"

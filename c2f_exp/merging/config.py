@@ -11,12 +11,16 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from c2f_exp.choices import DTYPES, DType, choice
 from c2f_exp.errors import bad_value
 
-METHODS = ("knowledge_residue", "linear", "slerp", "ties", "dare")
-FILTERS = ("none", "magnitude", "dare", "sign_agree")
-POLICIES = ("error", "keep_instruct", "skip")
-OUT_DTYPES = ("float32", "bfloat16", "float16")
+MergeMethod = choice(
+    "MergeMethod", ("knowledge_residue", "linear", "slerp", "ties", "dare"), __name__
+)
+MergeFilter = choice("MergeFilter", ("none", "magnitude", "dare", "sign_agree"), __name__)
+MismatchPolicy = choice("MismatchPolicy", ("error", "keep_instruct", "skip"), __name__)
+METHODS, FILTERS, POLICIES = MergeMethod.values(), MergeFilter.values(), MismatchPolicy.values()
+OUT_DTYPES = DTYPES
 # Which inputs each method reads (base is the reference point of every task vector).
 ROLES = {
     "knowledge_residue": ("instruct", "base", "coarse"),
@@ -41,20 +45,22 @@ _UNITS = {
 class MergerConf:
     """Knowledge Residue Merger and comparison merges (DESIGN §2.2)."""
 
-    method: str = "knowledge_residue"  # knowledge_residue | linear | slerp | ties | dare
+    method: MergeMethod = MergeMethod.knowledge_residue
     base: str | None = None  # null: the run's base model (prepare stage or model.base.path)
     instruct: str | None = None  # null: the run's instruct model
     coarse: str | None = None  # null: <coarse artifact>/actor from the coarse stage
-    coefficient: Any = 1.0  # lambda: a number, or a list interpolated over depth
-    filter: str = "none"  # knowledge_residue only: none | magnitude | dare | sign_agree
+    # lambda: a number, or a list of anchors interpolated over depth (mergekit's gradient).
+    # OUR default (the paper gives none), measured in conf/merger/knowledge_residue.yaml.
+    coefficient: Any = field(default_factory=lambda: [1.5, 0.5])
+    filter: MergeFilter = MergeFilter.none  # knowledge_residue only
     density: float = 1.0  # magnitude filter / ties trimming: fraction of entries kept
     drop_p: float = 0.0  # dare filter / dare method: drop probability (rescale 1/(1-p))
     seed: int = 0  # dare masks
     module_overrides: dict[str, Any] = field(default_factory=dict)  # name substring -> lambda
-    on_mismatch: str = "error"  # tensors missing or shaped differently: error|keep_instruct|skip
+    on_mismatch: MismatchPolicy = MismatchPolicy.error  # tensors missing or shaped differently
     output: str | None = None  # also write the merged model here (atomically)
     overwrite: bool = False  # allow replacing an existing merger.output directory
-    out_dtype: str | None = None  # null: each tensor keeps the instruct model's dtype
+    out_dtype: DType | None = None  # null: each tensor keeps the instruct model's dtype
     shard_size: Any = "200MB"  # bytes (int) or a string like 200MB / 2GB / 512MiB
     survival_warn: float = 0.5  # warn when less residue than this survives the output cast
     # |lambda| above this is refused: lambda=-1e9 writes a model of noise with exit 0. The
@@ -114,11 +120,8 @@ def check_coefficient_length(value: Any, num_layers: int, key: str = "merger.coe
 
 
 def validate_merger(m: Any) -> None:
-    """Static checks on the `merger` node (no file access). Raises ConfigError naming the key."""
-    if m.method not in METHODS:
-        raise bad_value("merger.method", m.method, "one of " + ", ".join(METHODS))
-    if m.filter not in FILTERS:
-        raise bad_value("merger.filter", m.filter, "one of " + ", ".join(FILTERS))
+    """Static checks on the `merger` node (no file access) that its types cannot express (the
+    choice fields are enums: a bad one fails at composition). Raises ConfigError naming the key."""
     if m.filter != "none" and m.method != "knowledge_residue":
         raise bad_value(
             "merger.filter",
@@ -126,10 +129,6 @@ def validate_merger(m: Any) -> None:
             "none for merger.method=" + m.method,
             "filters apply to knowledge_residue; ties/dare have their own",
         )
-    if m.on_mismatch not in POLICIES:
-        raise bad_value("merger.on_mismatch", m.on_mismatch, "one of " + ", ".join(POLICIES))
-    if m.out_dtype is not None and m.out_dtype not in OUT_DTYPES:
-        raise bad_value("merger.out_dtype", m.out_dtype, "null or one of " + ", ".join(OUT_DTYPES))
     if not 0 < m.density <= 1:
         raise bad_value("merger.density", m.density, "in (0, 1]")
     if not 0 <= m.drop_p < 1:

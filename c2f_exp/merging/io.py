@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from c2f_exp.errors import C2FError
+from c2f_exp.errors import C2FError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -118,24 +118,12 @@ class ModelDir:
         self._handles: dict[Path, Any] = {}
 
     def _weight_files(self) -> list[Path]:
-        index = self.path / INDEX
-        if index.is_file():
-            wmap = json.loads(index.read_text()).get("weight_map", {})
-            files = [self.path / f for f in dict.fromkeys(wmap.values())]
-            missing = [f.name for f in files if not f.is_file()]
-            if missing:
-                raise MergeError(
-                    f"{self.key}: {index} lists missing shard(s) {missing[:3]}; "
-                    "copy the complete model directory"
-                )
-            return files
-        files = sorted(self.path.glob("*.safetensors"))
-        if not files:
-            raise MergeError(
-                f"{self.key}={self.path} has no *.safetensors weights; convert it "
-                "with save_pretrained(safe_serialization=True)"
-            )
-        return files
+        from c2f_exp.hub import weight_files  # index first; pickle-only and empty dirs refused
+
+        try:
+            return weight_files(self.path, self.key)
+        except ConfigError as e:
+            raise MergeError(str(e)) from None
 
     @property
     def num_layers(self) -> int:

@@ -40,7 +40,7 @@ class CoarseConf:
     name: str = MISSING
     reward_model: str | None = None  # HF seq-cls dir; null: the reward stage's `model/`
     critic_init: str = "reward"  # reward | base (fresh zero head on the base model)
-    steps: int = 60  # PPO iterations (at most, with token_budget)
+    steps: int = 100  # PPO iterations (at most, with token_budget)
     token_budget: int | None = None  # stop once this many tokens were generated (equal compute)
     seed: int | None = None  # the RL run's seed (sampling, prompt order); null: the run's `seed`.
     # Seeds of PPO alone, over one world, base and reward model: sweeps/schedule_ablation.yaml
@@ -59,7 +59,7 @@ class CoarseConf:
     cliprange_value: float = 0.2
     vf_coef: float = 0.1
     kl_controller: str = "fixed"  # fixed | adaptive (Ziegler et al. 2019)
-    kl_coef: float = 0.05  # beta (initial beta for adaptive)
+    kl_coef: float = 0.02  # beta (initial beta for adaptive)
     kl_target: float | None = None  # adaptive only
     kl_horizon: int = 10000  # adaptive only
     kl_estimator: str = "k1"  # k1 | k2 | k3, per token in the shaped reward
@@ -77,7 +77,7 @@ class CoarseConf:
     dtype: str = "float32"  # policy, critic, reference and reward model weights
     gradient_checkpointing: bool = False
     # overoptimization monitor (rl/gold_sources.py, rl/gold_monitor.py; Gao et al. 2022)
-    gold_every: int = 0  # score every n-th batch (and the last) with a gold reward too; 0: off
+    gold_every: int = 5  # score every n-th batch (and the last) with a gold reward too; 0: off
     gold_source: str = "tinyworld_gold"  # tinyworld_gold | reward_model (gold_reward_model)
     gold_reward_model: str | None = None  # the held-out "gold" reward model (dir or hub id)
     early_stop_on_gold: bool = False  # stop when smoothed gold falls while smoothed RM rises

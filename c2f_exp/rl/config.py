@@ -21,9 +21,9 @@ class LengthScheduleConf:
     l_min: int | None = 16  # first limit (linear, continuous_max); null for fixed
     l_max: int | None = 128  # the limit for `fixed`; the ceiling otherwise
     multiple: int = 8  # limits are rounded to a multiple of this (kernel-friendly shapes)
-    rate: float | None = None  # continuous_max: logistic growth rate per iteration
-    kappa: float | None = None  # continuous_max: gate steepness on z = (R - V) / s_R
-    trunc_min: float | None = None  # continuous_max: grow only if >= this share truncated
+    rate: float | None = 0.3  # continuous_max: logistic growth rate per iteration; null elsewhere
+    kappa: float | None = 1.0  # continuous_max: gate steepness on z = (R - V) / s_R
+    trunc_min: float | None = 0.05  # continuous_max: grow only if >= this share truncated
     eps: float = 1e-6  # continuous_max: keeps z finite while s_R is 0
     steps: int | None = None  # linear: iterations of the l_min -> l_max ramp
     boundaries: list[int] | None = None  # step: iterations at which the limit steps up

@@ -191,7 +191,9 @@ def build_accelerator(d: Any, c: Any) -> Any:
     if d.deepspeed_config:
         path = Path(d.deepspeed_config)
         if not path.is_absolute():
-            path = Path(__file__).resolve().parents[2] / "conf" / "distributed" / path
+            from c2f_exp.layout import conf_dir
+
+            path = conf_dir() / "distributed" / path  # the checkout's conf/ or the wheel's
         ds = json.loads(path.read_text())
     world = int(os.environ.get("WORLD_SIZE", "1"))
     ds["zero_optimization"]["stage"] = d.zero_stage

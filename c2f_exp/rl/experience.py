@@ -223,7 +223,7 @@ def make_reward_fn(
     The reward model reads text, so it may have its own tokenizer; responses are decoded
     without special tokens (EOS is implicit in the text ending).
     """
-    from c2f_exp.stages.reward import score_texts
+    from c2f_exp.rl.reward_model import score_texts
 
     def reward_fn(prompts: list[str], rollout: Rollout) -> torch.Tensor:
         texts = decode_responses(policy_tok, rollout)
@@ -266,12 +266,12 @@ def load_prompts(cfg: Any, prepared: Path | None) -> tuple[list[str], list, list
         ]
         where = f"data.hub.prompt_dataset={ref}"
     else:
-        from c2f_exp.stages.prepare import read_jsonl
+        from c2f_exp.layout import data_file, read_jsonl, world_file
         from c2f_exp.tinyworld.world import World
 
-        path = prepared / "data" / "ppo_prompts.jsonl"
+        path = data_file(prepared, "ppo_prompts.jsonl")
         rows = read_jsonl(path) if path.is_file() else []
-        world = World.load(prepared / "world.json")
+        world = World.load(world_file(prepared))
         keep = set(world.train_entities if c.prompt_split == "train" else world.entities)
         texts = turns = [r["prompt"] for r in rows if r["entity"] in keep]
         held = [r for r in rows if r["entity"] in set(world.heldout_entities)][: c.eval_prompts]

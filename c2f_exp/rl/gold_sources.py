@@ -52,14 +52,14 @@ def _check_tinyworld(cfg: Any) -> None:
 def _build_tinyworld(cfg: Any, tok: Any, acc: Any, prepared: Path | None) -> GoldSource:
     import torch
 
+    from c2f_exp.layout import data_file, read_jsonl, world_file
     from c2f_exp.rl.experience import decode_responses
-    from c2f_exp.stages.prepare import read_jsonl
     from c2f_exp.tinyworld.scorer import GoldScorer
     from c2f_exp.tinyworld.world import World
 
-    scorer = GoldScorer(World.load(prepared / "world.json"))
+    scorer = GoldScorer(World.load(world_file(prepared)))
     subject = {
-        r["prompt"]: r["entity"] for r in read_jsonl(prepared / "data" / "ppo_prompts.jsonl")
+        r["prompt"]: r["entity"] for r in read_jsonl(data_file(prepared, "ppo_prompts.jsonl"))
     }
 
     def source(prompts: list, rollout: Any) -> dict[str, torch.Tensor]:

@@ -19,7 +19,7 @@ OBJECTIVES = ("pairwise", "process")
 class RewardTrainConf:
     """Bradley-Terry training with TRL's RewardTrainer."""
 
-    epochs: float = 3.0
+    epochs: float = 1.0  # tiny world: 3 or 6 epochs gained <= 3 points at 3-6x the time
     max_steps: int = -1  # > 0 overrides epochs
     lr: float = 1e-3
     batch_size: int = 16  # pairs per device step
@@ -57,7 +57,7 @@ class KnowledgeConf:
     """A learned head over the init LM's surprisal on top of the classifier (knowledge_reward.py):
     the classifier alone cannot tell a true fact from a false one; the LM can."""
 
-    enabled: bool = False
+    enabled: bool = True  # ours (conf/reward/tinyworld.yaml: wrong-fact agreement 0.49 -> 0.99)
 
 
 @dataclass
@@ -85,8 +85,8 @@ class OnPolicyConf:
     ordered by the gold scorer (the tiny world's labeller) -- InstructGPT's recipe of labelling
     the model's own samples, so the reward model sees the text PPO will show it."""
 
-    enabled: bool = False
-    samples_per_prompt: int = 6
+    enabled: bool = True  # the largest lever in the tiny world (static pairs alone: 58%)
+    samples_per_prompt: int = 10  # 6: 75% agreement, ~2x faster; 16: 84%, ~2.5x slower
     max_new_tokens: int = 96
     min_margin: float = 0.25  # smallest gold difference made a pair
 
@@ -102,8 +102,8 @@ class RewardConf:
     train_split: str = "train"
     test_split: str = "test"
     max_train_pairs: int | None = None  # null: all
-    max_test_pairs: int | None = 1000
-    eval_batch_size: int = 32
+    max_test_pairs: int | None = None  # null: all
+    eval_batch_size: int = 64
     objective: str = "pairwise"  # pairwise: Bradley-Terry (TRL) | process: per-sentence, summed
     rounds: int = 1  # > 1: iterated labelling of best-of-2 answers under the current RM
     arch: RewardArchConf = field(default_factory=RewardArchConf)  # all null: the init model's
@@ -174,18 +174,15 @@ def _validate_recipe(r: Any, model_arch: Any) -> None:
         ("reward.objective", r.objective, r.objective == "process"),
         ("reward.rounds", r.rounds, r.rounds > 1),
         ("reward.defects.enabled", r.defects.enabled, r.defects.enabled),
-        ("reward.knowledge.enabled", r.knowledge.enabled, r.knowledge.enabled),
     ):
         if on and not tiny:
             fix = "only the tiny world's gold scorer labels sentences, defects and new samples"
             raise bad_value(key, value, "its default with reward.source=hub or reward.path", fix)
     if r.objective == "process" and r.format != "plain":
         raise bad_value("reward.format", r.format, "plain for reward.objective=process")
-    if r.knowledge.enabled and r.objective != "pairwise":
-        fix = "the knowledge head is fitted on preference pairs"
-        raise bad_value(
-            "reward.knowledge.enabled", True, "false for reward.objective=process", fix
-        )
+    if r.knowledge.enabled and r.source != "tinyworld" and not r.path:  # with a path: unused
+        fix = "it is fitted on the tiny world's gold-labelled pairs"
+        raise bad_value("reward.knowledge.enabled", True, "false for reward.source=hub", fix)
     if r.rounds > 1 and not r.onpolicy.enabled:
         fix = "set reward.onpolicy.enabled=true, or reward.rounds=1"
         raise bad_value("reward.rounds", r.rounds, "1 without on-policy samples to relabel", fix)

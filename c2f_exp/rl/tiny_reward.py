@@ -91,6 +91,7 @@ def train_tiny(
     """Train `model` (from init) on the tiny world's data for `r.rounds` rounds. Returns
     metrics (train_pairs: pairs or labelled answers of the last round, train_seconds)."""
     o, data, hist, t0 = r.onpolicy, list(static), [], time.time()
+    pairs = list(static)  # what the knowledge head is fitted on (= data for `pairwise`)
     for rnd in range(r.rounds):
         if not o.enabled:
             none = prefs.Sampled([], [], torch.zeros(0), 2)
@@ -103,13 +104,15 @@ def train_tiny(
                 s = _best_half(model, tok, s, r.eval_batch_size)
             new = build_data(r, labeller, tok, static if rnd == 0 else [], s, seed + rnd)
             data = new if rnd == 0 else data + new
+            pairs += prefs.gold_pairs(s, o.min_margin)
         prefs.require_pairs(data, "for training")
         hist += _fit(model, tok, data, r, workdir / f"round{rnd}", seed + rnd)
     model.eval().requires_grad_(False)
     out: dict[str, Any] = {"train_pairs": len(data)}
     if r.knowledge.enabled:
+        fitted_on = data if r.objective == "pairwise" else pairs
         out["knowledge_train_accuracy"] = fit_knowledge(
-            model, tok, data, lm_src or labeller.policy_dir
+            model, tok, fitted_on, lm_src or labeller.policy_dir
         )
     out.update(train_seconds=round(time.time() - t0, 2), history=hist)
     return out

@@ -40,10 +40,10 @@ class EvalStage:
 
     def preflight(self, cfg: DictConfig) -> None:
         from c2f_exp.evaluation import harness, judges
-        from c2f_exp.evaluation.config import TINYWORLD_TASKS, validate_eval
+        from c2f_exp.evaluation.config import TINYWORLD_TASKS
         from c2f_exp.evaluation.mt_bench_data import locate
 
-        validate_eval(cfg)
+        # config values: checked once, before any stage, by config.validate (validate_eval)
         e, stages = cfg.eval, list(cfg.stages)
         for name, path in e.models.items():
             key = f"eval.models.{name}"

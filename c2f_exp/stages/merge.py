@@ -16,11 +16,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from c2f_exp import layout
 from c2f_exp.artifacts import write_json_atomic
 from c2f_exp.errors import bad_value
 from c2f_exp.hub import check_weights
 from c2f_exp.merging import io, output
-from c2f_exp.merging.config import ROLES, validate_merger
+from c2f_exp.merging.config import ROLES
 from c2f_exp.stages import StageContext
 
 log = logging.getLogger(__name__)
@@ -43,12 +44,12 @@ class MergeStage:
         return sub
 
     def preflight(self, cfg: DictConfig) -> None:
-        """Config values, output directory, and (when all inputs are paths) the models'
-        architecture, tensors and lambda-list length: all before any merge work."""
+        """Output directory and (when all inputs are paths) the models' architecture, tensors
+        and lambda-list length, before any merge work. The config values themselves were
+        checked once, before any stage, by `config.validate` (`merging.config.validate_merger`)."""
         from c2f_exp.merging.stream import check_inputs
 
         m = cfg.merger
-        validate_merger(m)
         if m.output:
             output.check_output_dir(m.output, m.overwrite)
         known = {}
@@ -131,7 +132,6 @@ class MergeStage:
                     "a model directory when the coarse stage does not run",
                     "set merger.coarse=/path/to/coarse_actor",
                 )
-            return str(Path(ctx.upstream["coarse"]["path"]) / "actor")
-        from c2f_exp.stages.prepare import model_dir
-
-        return io.local_model_dir(model_dir(ctx, role), f"model.{role}.path")
+            return str(layout.stage_model_dir("coarse", ctx.upstream["coarse"]["path"]))
+        path = layout.model_dir(ctx.cfg, ctx.upstream, role)
+        return io.local_model_dir(path, f"model.{role}.path")

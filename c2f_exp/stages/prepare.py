@@ -9,7 +9,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from c2f_exp import hub
+from c2f_exp import hub, layout
+from c2f_exp.layout import read_jsonl  # noqa: F401  (re-exported: stages/reward.py, rl/ use it)
 from c2f_exp.stages import StageContext, final_dir
 
 log = logging.getLogger(__name__)
@@ -20,14 +21,6 @@ TARGETS = {
     "instruct/heldout_frac_ge1_correct": 0.80,
     "instruct/heldout_eos_rate": 0.95,
 }
-
-
-def _jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 class PrepareStage:
@@ -73,13 +66,13 @@ def build_tiny_world(cfg: DictConfig, ctx: StageContext, out: Path) -> dict[str,
 
     w_cfg, seed = cfg.data.world, cfg.seed
     world = generate_world(w_cfg.seed, w_cfg.n_entities, w_cfg.heldout_fraction)
-    (out / "world.json").write_text(world.to_json())
-    d = out / "data"
+    layout.world_file(out).write_text(world.to_json())
+    d = out / layout.DATA
     d.mkdir()
     docs = data.pretraining_corpus(
         world, w_cfg.n_docs, w_cfg.seed + 1, w_cfg.p_prompt, w_cfg.p_explain
     )
-    (d / "corpus.txt").write_text("\n".join(docs) + "\n")
+    layout.data_file(out, "corpus.txt").write_text("\n".join(docs) + "\n")
     sft_rows = data.instructions(world, world.train_entities, w_cfg.seed + 2, w_cfg.sft_per_entity)
     held_rows = data.instructions(world, world.heldout_entities, w_cfg.seed + 3, 3)
     files = {
@@ -97,8 +90,9 @@ def build_tiny_world(cfg: DictConfig, ctx: StageContext, out: Path) -> dict[str,
         "two_turn.jsonl": data.two_turn_questions(world, world.entities, w_cfg.seed + 7),
         "mc_questions.jsonl": data.multiple_choice(world, world.heldout_entities),
     }
+    assert tuple(files) == layout.PREPARED_FILES  # the layout names every file written here
     for name, rows in files.items():
-        _jsonl(d / name, rows)
+        layout.write_jsonl(layout.data_file(out, name), rows)
     sizes = {f"data/{k.removesuffix('.jsonl')}": len(v) for k, v in files.items()}
     ctx.tracker.log({**sizes, "data/corpus_docs": len(docs)})
 
@@ -111,8 +105,9 @@ def build_tiny_world(cfg: DictConfig, ctx: StageContext, out: Path) -> dict[str,
     log.info("tiny base: %d parameters, vocabulary %d", n_params, len(tok))
     hist = models.pretrain(base, tok, docs, cfg.model.pretrain, ctx.work_dir / "pretrain", seed)
     _log_history(ctx, hist, "pretrain")
-    base.save_pretrained(out / "base")
-    save_tokenizer(tok, out / "base")
+    base_dir = layout.stage_model_dir("prepare", out, "base")
+    base.save_pretrained(base_dir)
+    save_tokenizer(tok, base_dir)
 
     scorer = GoldScorer(world)
     max_new = w_cfg.eval_max_new_tokens
@@ -130,8 +125,9 @@ def build_tiny_world(cfg: DictConfig, ctx: StageContext, out: Path) -> dict[str,
     hist = models.sft(base, tok, sft_rows, cfg.model.sft, ctx.work_dir / "sft", seed)
     _log_history(ctx, hist, "sft", offset=cfg.model.pretrain.steps)
     instruct = base  # SFT trained in place; the base is already saved
-    instruct.save_pretrained(out / "instruct")
-    save_tokenizer(tok, out / "instruct")
+    instruct_dir = layout.stage_model_dir("prepare", out, "instruct")
+    instruct.save_pretrained(instruct_dir)
+    save_tokenizer(tok, instruct_dir)
     for split, rows in (("heldout", held_rows), ("train", sft_rows[: len(held_rows)])):
         for k, v in quality.answer_quality(
             instruct, tok, scorer, rows, max_new, chat=True
@@ -152,7 +148,7 @@ def _write_cards(ctx: StageContext, out: Path, metrics: dict[str, Any]) -> None:
 
     w = ctx.cfg.data.world
     world = f"the tiny world (seed {w.seed}, {w.n_entities} entities; `world.json` beside it)"
-    base_dir = str(final_dir(ctx, out) / "base")  # as named once the artifact is in place
+    base_dir = str(layout.stage_model_dir("prepare", final_dir(ctx, out), "base"))  # final name
     cards = {
         "base": (f"Pretrained from scratch on {world}.", None),
         "instruct": (f"`base` after SFT on the instructions of {world}.", {"base": base_dir}),
@@ -160,7 +156,7 @@ def _write_cards(ctx: StageContext, out: Path, metrics: dict[str, Any]) -> None:
     for role, (text, parents) in cards.items():
         numbers = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith(f"{role}/")}
         write_model_card(
-            out / role,
+            layout.stage_model_dir("prepare", out, role),
             role=role,
             description=text,
             parents=parents,
@@ -179,13 +175,6 @@ def _log_history(ctx: StageContext, hist: list[dict], phase: str, offset: int = 
 
 
 def model_dir(ctx: StageContext, role: str) -> str:
-    """Where the `base` or `instruct` model of this run lives (config path wins)."""
-    spec = ctx.cfg.model[role]
-    if spec.path:
-        return hub.resolve_model(spec.path, f"model.{role}.path", spec.revision)
-    if "prepare" not in ctx.upstream:
-        raise hub.ConfigError(
-            f"model.{role}.path is null and the prepare stage did not run; "
-            f"add prepare to stages or set model.{role}.path=/path/to/model"
-        )
-    return str(Path(ctx.upstream["prepare"]["path"]) / role)
+    """Where the `base` or `instruct` model of this run lives (config path wins); the rule is
+    `layout.model_dir`, kept here for the stages that import it from prepare."""
+    return layout.model_dir(ctx.cfg, ctx.upstream, role)
