@@ -159,6 +159,7 @@ def test_unchanged_stage_is_reused_and_force_recomputes(micro_run, tmp_path):
     assert f["status"] == "done" and f["path"] == first["path"]
 
 
+@pytest.mark.slow  # default suite < 10 min on 2 cores; run with -m slow
 def test_same_seed_gives_identical_data_files(micro_run, tmp_path):
     """The prepare stage's data files are a pure function of the config."""
     first = Path(read_manifest(micro_run)["stages"][0]["path"])

@@ -102,6 +102,7 @@ def secret_run(tmp_path_factory) -> Path:
     return tmp
 
 
+@pytest.mark.slow  # default suite < 10 min on 2 cores; run with -m slow
 def test_full_micro_run_writes_no_secret_anywhere(secret_run):
     run, cache = secret_run / "run", secret_run / "cache"
     offline = list((run / "wandb").glob("offline-run-*/run-*.wandb"))

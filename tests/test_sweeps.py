@@ -179,6 +179,7 @@ def test_sequential_sweep_trains_upstream_once_and_groups_wandb(tmp_path):
         "prepare": 0, "reward": 0, "coarse": 0, "merge": 0}  # fmt: skip
 
 
+@pytest.mark.slow  # default suite < 10 min on 2 cores; run with -m slow
 def test_joblib_parallel_jobs_never_train_the_same_artifact_twice(tmp_path):
     sw = tmp_path / "sw"
     args = [*MERGE_ONLY, "merger.coefficient=0.5,1,2", "hydra/launcher=joblib",
@@ -264,7 +265,7 @@ def test_optuna_merge_search_returns_the_objective(tmp_path, shared_cache):
     ("name", "extra", "jobs"),
     [  # each sweep's one line, narrowed on the command line to keep the suite short
         pytest.param("length_growth", [], 6, marks=pytest.mark.slow),  # default suite < 10 min
-        ("schedule_ablation", ["coarse.seed=0"], 5),
+        pytest.param("schedule_ablation", ["coarse.seed=0"], 5, marks=pytest.mark.slow),
         pytest.param(
             "seeds", ["seed=0,1", "stages=[prepare,reward,coarse]"], 2, marks=pytest.mark.slow
         ),
