@@ -14,11 +14,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import MistralConfig, MistralForCausalLM
+from transformers import MistralForCausalLM
 
 from c2f_exp.errors import C2FError
 from c2f_exp.rl import engines
 from c2f_exp.rl.engines import RolloutEngineUnavailableError, VLLMEngine, sampling_kwargs
+from tests.conftest import tiny_mistral_config
 
 PAD, BOS, EOS = 0, 1, 2
 
@@ -62,15 +63,8 @@ def _cfg(temperature=0.7, top_k=0):
 @pytest.fixture
 def policy():
     torch.manual_seed(0)
-    cfg = MistralConfig(
-        vocab_size=20,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=8,
-        sliding_window=None,
+    cfg = tiny_mistral_config(
+        vocab_size=20, hidden_size=16, intermediate_size=32, num_hidden_layers=1, head_dim=8
     )
     return MistralForCausalLM(cfg)
 

@@ -107,10 +107,10 @@ def prompts(n: int) -> list[str]:
     return [r["prompt"] for r in rows][:n]
 
 
-def run_ours(d: Path, length: int, updates: int) -> tuple[list[float], list[int]]:
-    """Seconds per update of our CoarseTrainer (fixed limit = length)."""
+def trainer_for(d: Path, length: int, updates: int, prefix: str = "ours_"):
+    """Our CoarseTrainer on the benchmark's models (fixed limit = length). Returns
+    (trainer, cfg, work dir); profile_ppo.py builds the same trainer."""
     import torch
-    from omegaconf import OmegaConf
     from transformers import AutoTokenizer
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -124,21 +124,10 @@ def run_ours(d: Path, length: int, updates: int) -> tuple[list[float], list[int]
     from c2f_exp.rl.reward_model import load_reward_model
     from c2f_exp.rl.trainer import CoarseTrainer
 
+    over = {"steps": updates, "batch_size": BATCH, "minibatch_size": BATCH}
+    over.update(ppo_epochs=EPOCHS, checkpoint_every=10**6, temperature=1.0, lr=3e-5)
     cfg = coarse_cfg(
-        {
-            "coarse": {
-                "steps": updates,
-                "batch_size": BATCH,
-                "minibatch_size": BATCH,
-                "ppo_epochs": EPOCHS,
-                "checkpoint_every": 10**6,
-                "temperature": 1.0,
-                "lr": 3e-5,
-            },
-            "length_schedule": {"l_max": length},
-        },
-        schedule="fixed",
-        micro=False,
+        {"coarse": over, "length_schedule": {"l_max": length}}, schedule="fixed", micro=False
     )
     c = cfg.coarse
     tok = AutoTokenizer.from_pretrained(d / "policy")
@@ -149,7 +138,7 @@ def run_ours(d: Path, length: int, updates: int) -> tuple[list[float], list[int]
         cr.load_critic("reward", str(d / "value"), "", torch.float32),
     )
     rm, rm_tok = load_reward_model(str(d / "reward"))
-    work = Path(tempfile.mkdtemp(prefix="ours_"))
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     tr = CoarseTrainer(
         c,
         acc,
@@ -165,6 +154,14 @@ def run_ours(d: Path, length: int, updates: int) -> tuple[list[float], list[int]
         lambda m, s: None,
         0,
     )
+    return tr, cfg, work
+
+
+def run_ours(d: Path, length: int, updates: int) -> tuple[list[float], list[int]]:
+    """Seconds per update of our CoarseTrainer (fixed limit = length)."""
+    from omegaconf import OmegaConf
+
+    tr, cfg, work = trainer_for(d, length, updates)
     state = tr.train()
     OmegaConf.save(cfg, work / "cfg.yaml")
     return [r["seconds"] for r in state.trace], [r["tokens"] for r in state.trace]

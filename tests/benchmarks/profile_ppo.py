@@ -25,49 +25,7 @@ PHASES = ("rollout", "reward", "experience", "update")
 
 def trainer_for(d: Path, length: int, updates: int):
     """Our CoarseTrainer on the benchmark's models (fixed limit = length)."""
-    import torch
-    from transformers import AutoTokenizer
-
-    sys.path.insert(0, str(bench.ROOT / "tests"))
-    sys.path.insert(0, str(bench.ROOT))
-    from test_coarse import coarse_cfg
-
-    from c2f_exp.rl import critic as cr
-    from c2f_exp.rl.experience import make_reward_fn
-    from c2f_exp.rl.length_schedules import build_schedule
-    from c2f_exp.rl.ppo import build_kl_controller
-    from c2f_exp.rl.reward_model import load_reward_model
-    from c2f_exp.rl.trainer import CoarseTrainer
-
-    over = {"steps": updates, "batch_size": bench.BATCH, "minibatch_size": bench.BATCH}
-    over.update(ppo_epochs=bench.EPOCHS, checkpoint_every=10**6, temperature=1.0, lr=3e-5)
-    cfg = coarse_cfg(
-        {"coarse": over, "length_schedule": {"l_max": length}}, schedule="fixed", micro=False
-    )
-    c = cfg.coarse
-    tok = AutoTokenizer.from_pretrained(d / "policy")
-    acc = cr.build_accelerator(cfg.distributed, c)
-    torch.manual_seed(0)
-    model = cr.ActorCritic(
-        cr.load_policy(str(d / "policy"), torch.float32, False),
-        cr.load_critic("reward", str(d / "value"), "", torch.float32),
-    )
-    rm, rm_tok = load_reward_model(str(d / "reward"))
-    return CoarseTrainer(
-        c,
-        acc,
-        model,
-        cr.load_frozen(str(d / "policy"), "causal", torch.float32),
-        make_reward_fn(rm, rm_tok, tok, 64),
-        build_schedule(cfg.length_schedule),
-        build_kl_controller("fixed", c.kl_coef, None, 1),
-        tok,
-        bench.prompts(64),
-        "<s> ",
-        Path(tempfile.mkdtemp(prefix="prof_")),
-        lambda m, s: None,
-        0,
-    )
+    return bench.trainer_for(d, length, updates, prefix="prof_")[0]
 
 
 def timed(times: dict, name: str, fn):
