@@ -28,13 +28,14 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from c2f_exp.choices import DTYPES, DType, Source, choice  # noqa: F401  (DTYPES re-exported)
-from c2f_exp.errors import bad_value, check_positive
+from c2f_exp.errors import bad_value
 from c2f_exp.evaluation.config import EvalConf
 from c2f_exp.merging.config import MergerConf
 from c2f_exp.rl.coarse_config import CoarseConf, DistributedConf
 from c2f_exp.rl.config import LengthScheduleConf
 from c2f_exp.rl.reward_config import RewardConf
 from c2f_exp.secrets import check_no_secret_keys
+from c2f_exp.sources import source_for
 
 STAGE_ORDER = ("prepare", "reward", "coarse", "merge", "eval")
 TrackerBackend = choice("TrackerBackend", ("wandb", "none"), __name__)
@@ -235,42 +236,7 @@ def validate(cfg: DictConfig, implemented: tuple[str, ...]) -> None:
             f"({', '.join(cfg.stages)})",
             "e.g. sweep.objective=eval/fine/tinyworld_about/gold_total",
         )
-    if cfg.model.source == "tinyworld":
-        if cfg.data.source != "tinyworld":
-            raise bad_value(
-                "data.source",
-                cfg.data.source,
-                "tinyworld when model=tiny",
-                "the tiny models only know the tiny world: use data=tinyworld",
-            )
-        a = cfg.model.arch
-        for k in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads"):
-            check_positive(f"model.arch.{k}", a[k])
-        if a.hidden_size % a.num_heads or a.num_heads % a.num_kv_heads:
-            raise bad_value(
-                "model.arch.num_heads",
-                a.num_heads,
-                "a divisor of hidden_size and a multiple of num_kv_heads",
-            )
-        for phase in ("pretrain", "sft"):
-            for k in ("steps", "lr", "batch_size", "block_size"):
-                check_positive(f"model.{phase}.{k}", cfg.model[phase][k])
-        w = cfg.data.world
-        if w.n_entities < 4:
-            raise bad_value("data.world.n_entities", w.n_entities, ">= 4")
-        if not 0 < w.heldout_fraction < 1:
-            raise bad_value(
-                "data.world.heldout_fraction", w.heldout_fraction, "strictly between 0 and 1"
-            )
-        check_positive("data.world.n_docs", w.n_docs)
-    else:
-        for role in ("base", "instruct"):
-            if not cfg.model[role].path:
-                raise bad_value(
-                    f"model.{role}.path",
-                    cfg.model[role].path,
-                    "a hub id or a local model directory for model.source=hub",
-                )
+    source_for(cfg, "model.source").validate_model(cfg)  # tiny: arch, world; hub: paths
 
 
 def _validate_groups(cfg: DictConfig) -> None:

@@ -37,7 +37,8 @@ LAYERS: dict[int, tuple[str, ...]] = {
         "c2f_exp.compare",
         "c2f_exp.compare_plots",
     ),
-    2: ("c2f_exp.rl", "c2f_exp.merging", "c2f_exp.evaluation"),  # the method's parts
+    # the method's parts, and the data-source seam they ask (sources.py reads rl.preferences)
+    2: ("c2f_exp.rl", "c2f_exp.merging", "c2f_exp.evaluation", "c2f_exp.sources"),
     3: ("c2f_exp.config",),  # the root schema: composes each part's group schema
     4: ("c2f_exp.stages",),  # orchestration, one stage each
     5: ("c2f_exp.sweeping", "c2f_exp.cli_errors"),  # job identity, sweep checks, error lines

@@ -15,6 +15,7 @@ from omegaconf import MISSING, DictConfig
 
 from c2f_exp.choices import ModelDType, choice
 from c2f_exp.errors import bad_value
+from c2f_exp.sources import source_for
 
 TINYWORLD_TASKS = ("tinyworld_mc", "tinyworld_about")
 TINYWORLD_KEY_METRICS = (  # "task/metric" for the report's bar chart
@@ -130,7 +131,7 @@ def _check_batch_size(key: str, value: str) -> None:
     raise bad_value(key, value, "'auto', 'auto:N' or a positive integer")
 
 
-def _check_judge(j: Any, source: str) -> None:
+def _check_judge(j: Any, has_gold_scorer: bool) -> None:
     if j.api_key_env is not None and not _ENV_NAME.match(j.api_key_env):
         raise bad_value(
             "eval.mt_bench.judge.api_key_env",
@@ -144,7 +145,7 @@ def _check_judge(j: Any, source: str) -> None:
                 raise bad_value(f"eval.mt_bench.judge.{k}", j[k], "set for openai_compatible")
     if j.type == "hf_local" and not j.model:
         raise bad_value("eval.mt_bench.judge.model", j.model, "a local chat model for hf_local")
-    if j.type == "tinyworld_gold" and source != "tinyworld":
+    if j.type == "tinyworld_gold" and not has_gold_scorer:
         raise bad_value(
             "eval.mt_bench.judge.type",
             j.type,
@@ -177,15 +178,16 @@ def validate_eval(cfg: DictConfig) -> None:
         if k < 0:
             raise bad_value(f"eval.lm_eval.num_fewshot.{task}", k, ">= 0")
     tiny = [t for t in lm.tasks if t in TINYWORLD_TASKS]
-    if tiny and cfg.data.source != "tinyworld":
+    data = source_for(cfg)
+    if tiny and not data.reads_prepare:
         raise bad_value(
             "eval.lm_eval.tasks",
             list(lm.tasks),
             "tasks without tinyworld_*",
             "the tiny world's tasks need data=tinyworld",
         )
-    m = e.mt_bench
-    if m.source == "tinyworld" and cfg.data.source != "tinyworld" and not m.question_file:
+    m, mt = e.mt_bench, source_for(cfg, "eval.mt_bench.source")
+    if mt.reads_prepare and not data.reads_prepare and not m.question_file:
         raise bad_value(
             "eval.mt_bench.source",
             m.source,
@@ -200,7 +202,7 @@ def validate_eval(cfg: DictConfig) -> None:
         if t < 0:
             raise bad_value(f"eval.mt_bench.temperatures.{cat}", t, ">= 0")
     if m.enabled:
-        _check_judge(m.judge, m.source)
+        _check_judge(m.judge, mt.has_gold_scorer)
     if e.num_threads is not None and e.num_threads < 1:
         raise bad_value("eval.num_threads", e.num_threads, ">= 1 or null")
     if e.text_stats.repetition_n < 1:

@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import MISSING
 
 from c2f_exp.errors import bad_value, check_choice
+from c2f_exp.sources import source_for
 
 CRITIC_INITS = ("reward", "base")
 KL_CONTROLLERS = ("fixed", "adaptive")
@@ -182,7 +183,7 @@ def _check_lengths(cfg: Any) -> None:
     """The longest rollout must fit the tiny model's positions (hub models: their problem)."""
     ls = cfg.length_schedule
     top = max([x for x in (ls.get("l_max"), *(ls.get("limits") or [])) if x is not None] or [0])
-    if cfg.model.source == "tinyworld":
+    if source_for(cfg, "model.source").builds_models:  # its positions: model.arch
         room = cfg.model.arch.max_position_embeddings - 16  # prompts are ~8 tokens
         if top > room:
             raise bad_value(

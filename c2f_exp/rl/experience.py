@@ -241,7 +241,7 @@ def decode_responses(tok, rollout: Rollout) -> list[str]:
 
 
 def load_prompts(cfg: Any, prepared: Path | None) -> tuple[list[str], list, list[dict]]:
-    """The PPO prompt set of the run's data source.
+    """The PPO prompt set of the run's data source (`data.source`, c2f_exp/sources.py).
 
     Args:
         cfg: the root config (`data`, `coarse`).
@@ -252,31 +252,11 @@ def load_prompts(cfg: Any, prepared: Path | None) -> tuple[list[str], list, list
     Raises:
         EmptyPromptSetError naming the source when there are no prompts.
     """
-    c, held = cfg.coarse, []
-    if cfg.data.source == "hub":  # HH-RLHF transcripts: the base model continues them
-        from c2f_exp import hub
-        from c2f_exp.rl.preferences import hh_pairs
+    from c2f_exp.sources import source_for
 
-        ref = hub.resolve_dataset(cfg.data.hub.prompt_dataset, "data.hub.prompt_dataset")
-        turns = [r["prompt"] for r in hh_pairs(ref, cfg.data.hub.prompt_split, None)]
-        role = {"user": "Human", "assistant": "Assistant"}
-        texts = [
-            "".join(f"\n\n{role[t['role']]}: {t['content']}" for t in ts) + "\n\nAssistant:"
-            for ts in turns
-        ]
-        where = f"data.hub.prompt_dataset={ref}"
-    else:
-        from c2f_exp.layout import data_file, read_jsonl, world_file
-        from c2f_exp.tinyworld.world import World
-
-        path = data_file(prepared, "ppo_prompts.jsonl")
-        rows = read_jsonl(path) if path.is_file() else []
-        world = World.load(world_file(prepared))
-        keep = set(world.train_entities if c.prompt_split == "train" else world.entities)
-        texts = turns = [r["prompt"] for r in rows if r["entity"] in keep]
-        held = [r for r in rows if r["entity"] in set(world.heldout_entities)][: c.eval_prompts]
-        where = str(path)
+    texts, turns, held, where = source_for(cfg).ppo_prompts(cfg, prepared)
     if not texts:
+        c = cfg.coarse
         msg = f"the PPO prompt set {where} is empty (coarse.prompt_split={c.prompt_split})"
         raise EmptyPromptSetError(f"{msg}; point it at a non-empty prompt set")
     return texts, turns, held

@@ -39,7 +39,9 @@ class SourceSpec:
 
 
 def _check_tinyworld(cfg: Any) -> None:
-    if cfg.data.source != "tinyworld":
+    from c2f_exp.sources import source_for
+
+    if not source_for(cfg).has_gold_scorer:
         fix = "set coarse.gold_source=reward_model and coarse.gold_reward_model=/path/to/rm"
         raise bad_value(
             "coarse.gold_source",

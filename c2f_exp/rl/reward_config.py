@@ -8,8 +8,10 @@ from typing import Any
 from omegaconf import MISSING
 
 from c2f_exp.errors import ConfigError, bad_value, check_choice, check_positive
+from c2f_exp.sources import SOURCES as _SOURCES
+from c2f_exp.sources import get_source
 
-SOURCES = ("tinyworld", "hub")
+SOURCES = tuple(_SOURCES)  # tinyworld, hub (c2f_exp/sources.py)
 FORMATS = ("plain", "chat")
 INITS = ("base", "instruct")
 OBJECTIVES = ("pairwise", "process")
@@ -130,25 +132,13 @@ def validate_reward(cfg: Any) -> None:
             check_positive(f"reward.{k}", r[k])
     if not 0 <= r.train.warmup_ratio < 1:
         raise bad_value("reward.train.warmup_ratio", r.train.warmup_ratio, "within [0, 1)")
-    if r.source == "hub" and not r.path and not r.dataset:
-        raise bad_value(
-            "reward.dataset",
-            r.dataset,
-            "a hub preference data set id or local path for reward.source=hub",
-            "e.g. reward.dataset=Anthropic/hh-rlhf",
-        )
-    if r.source == "tinyworld" and cfg.model.source != "tinyworld" and not r.path:
-        raise bad_value(
-            "reward.source",
-            r.source,
-            "hub when model.source=hub",
-            "the tiny world's preferences only fit the tiny models: use reward=hh_rlhf",
-        )
+    src = get_source(r.source, "reward.source")
+    src.validate_reward(cfg)  # hub: a data set; tiny world: tiny models
     for part in ("gold", "onpolicy"):
         sub = r[part]
         if not sub.enabled:
             continue
-        if r.source != "tinyworld":
+        if not src.has_gold_scorer:
             raise bad_value(
                 f"reward.{part}.enabled",
                 True,
@@ -169,7 +159,8 @@ def _validate_recipe(r: Any, model_arch: Any) -> None:
     """objective, rounds, defects and arch of the `reward` group `r`."""
     check_choice("reward.objective", r.objective, OBJECTIVES)
     check_positive("reward.rounds", r.rounds)
-    tiny = r.source == "tinyworld" and not r.path
+    gold = get_source(r.source, "reward.source").has_gold_scorer
+    tiny = gold and not r.path
     for key, value, on in (
         ("reward.objective", r.objective, r.objective == "process"),
         ("reward.rounds", r.rounds, r.rounds > 1),
@@ -180,7 +171,7 @@ def _validate_recipe(r: Any, model_arch: Any) -> None:
             raise bad_value(key, value, "its default with reward.source=hub or reward.path", fix)
     if r.objective == "process" and r.format != "plain":
         raise bad_value("reward.format", r.format, "plain for reward.objective=process")
-    if r.knowledge.enabled and r.source != "tinyworld" and not r.path:  # with a path: unused
+    if r.knowledge.enabled and not gold and not r.path:  # with a path: unused
         fix = "it is fitted on the tiny world's gold-labelled pairs"
         raise bad_value("reward.knowledge.enabled", True, "false for reward.source=hub", fix)
     if r.rounds > 1 and not r.onpolicy.enabled:

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from c2f_exp import hub
 from c2f_exp.errors import ConfigError
+from c2f_exp.sources import source_for
 from c2f_exp.stages import StageContext
 from c2f_exp.stages.prepare import model_dir
 
@@ -71,7 +72,7 @@ class CoarseStage:
 
         cfg, c = ctx.cfg, ctx.cfg.coarse
         base, rm_ref = model_dir(ctx, "base"), reward_model(ctx)
-        prep = _prepared(ctx) if cfg.data.source == "tinyworld" else None
+        prep = _prepared(ctx) if source_for(cfg).reads_prepare else None
         texts, reward_prompts, eval_rows = load_prompts(cfg, prep)
         acc = critic.build_accelerator(cfg.get("distributed"), c)
         torch.manual_seed(rl_seed(cfg) + acc.process_index)  # each process: its own rollouts

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from c2f_exp import hub
 from c2f_exp.errors import ConfigError
+from c2f_exp.sources import source_for
 from c2f_exp.stages import StageContext, final_dir
 
 log = logging.getLogger(__name__)
@@ -58,13 +59,13 @@ class EvalStage:
                     f"eval: model.{role}.path is null and prepare does not run; "
                     "add prepare to stages or set eval.models"
                 )
-        m = e.mt_bench
+        m, mt = e.mt_bench, source_for(cfg, "eval.mt_bench.source")
         tiny = any(t in TINYWORLD_TASKS for t in e.lm_eval.tasks)
-        if (tiny or (m.enabled and m.source == "tinyworld")) and "prepare" not in stages:
+        if (tiny or (m.enabled and mt.reads_prepare)) and "prepare" not in stages:
             raise ConfigError("eval=tinyworld reads the prepare artifact: add prepare to stages")
         harness.preflight_tasks(list(e.lm_eval.tasks), list(e.lm_eval.include_path))
         if m.enabled:
-            if m.question_file or m.source == "fastchat":
+            if m.question_file or not mt.reads_prepare:  # files, or FastChat's published ones
                 locate(m, "question", download=False)
             if m.judge.type in judges.LLM_JUDGES:
                 locate(m, "judge_prompts", download=False)

@@ -9,8 +9,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from c2f_exp import hub, layout
+from c2f_exp import layout
 from c2f_exp.layout import read_jsonl  # noqa: F401  (re-exported: stages/reward.py, rl/ use it)
+from c2f_exp.sources import source_for
 from c2f_exp.stages import StageContext, final_dir
 
 log = logging.getLogger(__name__)
@@ -28,32 +29,20 @@ class PrepareStage:
 
     def config_subtree(self, cfg: DictConfig) -> dict[str, Any]:
         sub = {"model": cfg.model, "seed": cfg.seed}
-        if cfg.model.source == "tinyworld":
-            sub["world"] = cfg.data.world
-        else:
-            sub["hub_data"] = cfg.data.hub
+        sub.update(source_for(cfg, "model.source").prepare_subtree(cfg))  # world | hub_data
         return OmegaConf.to_container(OmegaConf.create(sub), resolve=True)
 
     def preflight(self, cfg: DictConfig) -> None:
-        if cfg.model.source == "hub":
-            for role in ("base", "instruct"):
-                spec, key = cfg.model[role], f"model.{role}.path"
-                hub.check_local_weights(hub.resolve_model(spec.path, key, spec.revision), key)
-        if cfg.data.source == "hub":
-            for key in ("preference_dataset", "prompt_dataset"):
-                if cfg.data.hub[key]:
-                    hub.resolve_dataset(cfg.data.hub[key], f"data.hub.{key}")
+        source_for(cfg, "model.source").check_models(cfg)  # hub: weights there
+        source_for(cfg).check_data(cfg)  # hub: data sets reachable
 
     def run(self, ctx: StageContext, out: Path) -> dict[str, Any]:
-        cfg = ctx.cfg
-        if cfg.model.source == "hub":
-            refs = {
-                r: hub.resolve_model(cfg.model[r].path, f"model.{r}.path", cfg.model[r].revision)
-                for r in ("base", "instruct")
-            }
-            (out / "models.json").write_text(json.dumps(refs, indent=2))
-            return {"source": "hub", **{f"{k}_ref": v for k, v in refs.items()}}
-        return build_tiny_world(cfg, ctx, out)
+        cfg, src = ctx.cfg, source_for(ctx.cfg, "model.source")
+        if src.builds_models:
+            return build_tiny_world(cfg, ctx, out)
+        refs = src.model_refs(cfg)  # models by path or hub id: recorded, not built
+        (out / "models.json").write_text(json.dumps(refs, indent=2))
+        return {"source": src.name, **{f"{k}_ref": v for k, v in refs.items()}}
 
 
 def build_tiny_world(cfg: DictConfig, ctx: StageContext, out: Path) -> dict[str, Any]:

@@ -25,8 +25,9 @@ from c2f_exp.rl import reward_model as rmod
 from c2f_exp.rl import tiny_reward as tiny
 from c2f_exp.rl.reward_config import validate_reward
 from c2f_exp.rl.reward_model import score_texts  # noqa: F401  (public: used by coarse, eval)
+from c2f_exp.sources import source_for
 from c2f_exp.stages import StageContext
-from c2f_exp.stages.prepare import model_dir, read_jsonl
+from c2f_exp.stages.prepare import model_dir
 from c2f_exp.tinyworld.tokenizer import save_tokenizer
 
 log = logging.getLogger(__name__)
@@ -50,14 +51,16 @@ class RewardStage:
             policy = cfg.model.base.path
             if policy and Path(ref).is_dir() and Path(policy).expanduser().is_dir():
                 rmod.check_compatible(ref, policy)
-        elif r.source == "hub":
-            hub.resolve_dataset(r.dataset, "reward.dataset")
+        else:
+            source_for(cfg, "reward.source").check_reward_data(r)  # hub: data set reachable
 
     def run(self, ctx: StageContext, out: Path) -> dict[str, Any]:
-        r = ctx.cfg.reward
-        prep = _prepared(ctx) if r.source == "tinyworld" else None
-        train, test = _tiny_pairs(prep, r) if prep else prefs.hub_pairs(r)
-        labeller = prefs.TinyWorldLabeller(prep, model_dir(ctx, "base")) if prep else None
+        r, src = ctx.cfg.reward, source_for(ctx.cfg, "reward.source")
+        prep = _prepared(ctx) if src.reads_prepare else None
+        train, test = src.preference_pairs(r, prep)
+        labeller = None  # the gold scorer labels fresh answers (tiny world only)
+        if src.has_gold_scorer:
+            labeller = prefs.TinyWorldLabeller(prep, model_dir(ctx, "base"))
         if r.path:
             ref = hub.resolve_model(r.path, "reward.path")
             rmod.check_compatible(ref, model_dir(ctx, "base"))
@@ -132,29 +135,3 @@ def _prepared(ctx: StageContext) -> Path:
             "(stages=[prepare,reward])"
         )
     return Path(ctx.upstream["prepare"]["path"])
-
-
-def _tiny_pairs(prep: Path, r: DictConfig) -> tuple[list[dict], list[dict]]:
-    """(train, test) pairs from prepare's data/preferences_*.jsonl; the BT margin is
-    `reward.train.margin_scale` times the gold difference the file records."""
-    out = []
-    for split, limit in (("train", r.max_train_pairs), ("test", r.max_test_pairs)):
-        path = prep / "data" / f"preferences_{split}.jsonl"
-        if not path.is_file():
-            raise ConfigError(
-                f"{path} does not exist; run the prepare stage, or point "
-                "reward.path at a trained reward model"
-            )
-        rows = [
-            {
-                "prompt": p["prompt"],
-                "chosen": p["chosen"],
-                "rejected": p["rejected"],
-                "margin": m * (p["gold_chosen"] - p["gold_rejected"])
-                if (m := r.train.margin_scale)
-                else 0.0,
-            }
-            for p in read_jsonl(path)[:limit]
-        ]
-        out.append(prefs.require_pairs(rows, str(path)) if split == "test" or not r.path else rows)
-    return out[0], out[1]

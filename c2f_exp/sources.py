@@ -1,0 +1,256 @@
+"""The data-source seam: where a run's prompts, preference pairs, eval data and models come from.
+
+Two sources, one registry keyed by the config choice:
+
+* `TinyWorldSource` (`tinyworld`): everything is built by the `prepare` stage -- the world, its
+  data files (`<prepare artifact>/data/`, c2f_exp/layout.py) and the tiny `base` / `instruct`
+  models -- and the tiny world's gold scorer knows every prompt.
+* `HubSource` (`hub`): models by path or hub id, HH-RLHF-style data sets, FastChat's MT-Bench
+  questions; no gold scorer.
+
+Three config keys make the same tiny-vs-hub choice for different things, and all three ask this
+one registry (`source_for(cfg, key)`): `data.source` (PPO prompts, the default), `model.source`
+(the models a run starts from: what `prepare` does) and `reward.source` (the reward model's
+preference pairs). `eval.mt_bench.source` names the same split with `fastchat` for hub data.
+A source is stateless, so one instance per choice serves every key.
+
+Callers ask a source for data (`ppo_prompts`, `preference_pairs`, `model_refs`), run its checks
+(`check_models`, `check_data`, `check_reward_data` at preflight; `validate_model`,
+`validate_reward` before any stage) or read what it can do (`builds_models`, `reads_prepare`,
+`has_gold_scorer`); they never compare its name (tests/test_sources.py checks stages/ and rl/).
+Layer 2 (beside rl/, evaluation/): it reads `rl.preferences` for hub pairs, so rl/ modules
+other than that one, evaluation/, config.py and the stages may import it (tests/test_layers.py).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, ClassVar
+
+from c2f_exp import layout
+from c2f_exp.errors import ConfigError, bad_value, check_positive
+
+ROLES = ("base", "instruct")  # the models a run starts from
+HH_ROLES = {"user": "Human", "assistant": "Assistant"}  # HH-RLHF's transcript speakers
+
+Prompts = tuple[list[str], list, list[dict], str]  # texts, what the RM reads, held-out rows, where
+
+
+class DataSource:
+    """What one source provides; the base class holds the no-op defaults."""
+
+    name: ClassVar[str]
+    builds_models: ClassVar[bool] = False  # prepare builds base/instruct from model.arch
+    reads_prepare: ClassVar[bool] = False  # prompts, pairs and eval data are prepare's files
+    has_gold_scorer: ClassVar[bool] = False  # the tiny world's gold scorer knows its prompts
+
+    def prepare_subtree(self, cfg: Any) -> dict[str, Any]:
+        """The part of the config `prepare`'s artifact depends on besides model and seed."""
+        raise NotImplementedError
+
+    def check_models(self, cfg: Any) -> None:
+        """Preflight of `model.source`: the starting models can be found (I/O)."""
+
+    def check_data(self, cfg: Any) -> None:
+        """Preflight of `data.source`: its data sets can be found (I/O)."""
+
+    def check_reward_data(self, r: Any) -> None:
+        """Preflight of `reward.source` for a reward model to train (I/O)."""
+
+    def model_refs(self, cfg: Any) -> dict[str, str]:
+        """role -> resolved path or hub id of the models a run starts from (not built here)."""
+        raise NotImplementedError
+
+    def ppo_prompts(self, cfg: Any, prepared: Path | None) -> Prompts:
+        """(policy prompts, what the reward model reads for each, held-out rows {"prompt",
+        "entity"} for the gold check, where they came from); `prepared`: prepare's artifact."""
+        raise NotImplementedError
+
+    def preference_pairs(self, r: Any, prepared: Path | None) -> tuple[list[dict], list[dict]]:
+        """(train, test) preference pairs {"prompt", "chosen", "rejected", ...} of `reward` r."""
+        raise NotImplementedError
+
+    def validate_model(self, cfg: Any) -> None:
+        """Cross-field rules of `model.source` (no I/O; config.validate)."""
+
+    def validate_reward(self, cfg: Any) -> None:
+        """Cross-field rules of `reward.source` (no I/O; validate_reward)."""
+
+
+class TinyWorldSource(DataSource):
+    """The embedded tiny world: prepare builds data, tokenizer and models (README)."""
+
+    name = "tinyworld"
+    builds_models = reads_prepare = has_gold_scorer = True
+
+    def prepare_subtree(self, cfg: Any) -> dict[str, Any]:
+        return {"world": cfg.data.world}
+
+    def ppo_prompts(self, cfg: Any, prepared: Path | None) -> Prompts:
+        from c2f_exp.tinyworld.world import World
+
+        c, path = cfg.coarse, layout.data_file(prepared, "ppo_prompts.jsonl")
+        rows = layout.read_jsonl(path) if path.is_file() else []
+        world = World.load(layout.world_file(prepared))
+        keep = set(world.train_entities if c.prompt_split == "train" else world.entities)
+        texts = [r["prompt"] for r in rows if r["entity"] in keep]
+        held = [r for r in rows if r["entity"] in set(world.heldout_entities)][: c.eval_prompts]
+        return texts, texts, held, str(path)
+
+    def preference_pairs(self, r: Any, prepared: Path | None) -> tuple[list[dict], list[dict]]:
+        """prepare's data/preferences_*.jsonl; the BT margin is `reward.train.margin_scale`
+        times the gold difference the file records."""
+        from c2f_exp.rl.preferences import require_pairs
+
+        out = []
+        for split, limit in (("train", r.max_train_pairs), ("test", r.max_test_pairs)):
+            path = layout.data_file(prepared, f"preferences_{split}.jsonl")
+            if not path.is_file():
+                raise ConfigError(
+                    f"{path} does not exist; run the prepare stage, or point "
+                    "reward.path at a trained reward model"
+                )
+            m = r.train.margin_scale
+            rows = [
+                {
+                    "prompt": p["prompt"],
+                    "chosen": p["chosen"],
+                    "rejected": p["rejected"],
+                    "margin": m * (p["gold_chosen"] - p["gold_rejected"]) if m else 0.0,
+                }
+                for p in layout.read_jsonl(path)[:limit]
+            ]
+            out.append(require_pairs(rows, str(path)) if split == "test" or not r.path else rows)
+        return out[0], out[1]
+
+    def validate_model(self, cfg: Any) -> None:
+        if not isinstance(source_for(cfg), TinyWorldSource):
+            raise bad_value(
+                "data.source",
+                cfg.data.source,
+                "tinyworld when model=tiny",
+                "the tiny models only know the tiny world: use data=tinyworld",
+            )
+        a = cfg.model.arch
+        for k in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads"):
+            check_positive(f"model.arch.{k}", a[k])
+        if a.hidden_size % a.num_heads or a.num_heads % a.num_kv_heads:
+            raise bad_value(
+                "model.arch.num_heads",
+                a.num_heads,
+                "a divisor of hidden_size and a multiple of num_kv_heads",
+            )
+        for phase in ("pretrain", "sft"):
+            for k in ("steps", "lr", "batch_size", "block_size"):
+                check_positive(f"model.{phase}.{k}", cfg.model[phase][k])
+        w = cfg.data.world
+        if w.n_entities < 4:
+            raise bad_value("data.world.n_entities", w.n_entities, ">= 4")
+        if not 0 < w.heldout_fraction < 1:
+            raise bad_value(
+                "data.world.heldout_fraction", w.heldout_fraction, "strictly between 0 and 1"
+            )
+        check_positive("data.world.n_docs", w.n_docs)
+
+    def validate_reward(self, cfg: Any) -> None:
+        r = cfg.reward
+        if not isinstance(source_for(cfg, "model.source"), TinyWorldSource) and not r.path:
+            raise bad_value(
+                "reward.source",
+                r.source,
+                "hub when model.source=hub",
+                "the tiny world's preferences only fit the tiny models: use reward=hh_rlhf",
+            )
+
+
+class HubSource(DataSource):
+    """Models by path or hub id, HH-RLHF-style preference data, FastChat's MT-Bench files."""
+
+    name = "hub"
+
+    def prepare_subtree(self, cfg: Any) -> dict[str, Any]:
+        return {"hub_data": cfg.data.hub}
+
+    def check_models(self, cfg: Any) -> None:
+        from c2f_exp import hub
+
+        for role in ROLES:
+            spec, key = cfg.model[role], f"model.{role}.path"
+            hub.check_local_weights(hub.resolve_model(spec.path, key, spec.revision), key)
+
+    def check_data(self, cfg: Any) -> None:
+        from c2f_exp import hub
+
+        for key in ("preference_dataset", "prompt_dataset"):
+            if cfg.data.hub[key]:
+                hub.resolve_dataset(cfg.data.hub[key], f"data.hub.{key}")
+
+    def check_reward_data(self, r: Any) -> None:
+        from c2f_exp import hub
+
+        hub.resolve_dataset(r.dataset, "reward.dataset")
+
+    def model_refs(self, cfg: Any) -> dict[str, str]:
+        from c2f_exp import hub
+
+        m = cfg.model
+        return {r: hub.resolve_model(m[r].path, f"model.{r}.path", m[r].revision) for r in ROLES}
+
+    def ppo_prompts(self, cfg: Any, prepared: Path | None) -> Prompts:
+        """HH-RLHF transcripts (`data.hub.prompt_dataset`): the base model continues them."""
+        from c2f_exp import hub
+        from c2f_exp.rl.preferences import hh_pairs
+
+        ref = hub.resolve_dataset(cfg.data.hub.prompt_dataset, "data.hub.prompt_dataset")
+        turns = [r["prompt"] for r in hh_pairs(ref, cfg.data.hub.prompt_split, None)]
+        texts = [
+            "".join(f"\n\n{HH_ROLES[t['role']]}: {t['content']}" for t in ts) + "\n\nAssistant:"
+            for ts in turns
+        ]
+        return texts, turns, [], f"data.hub.prompt_dataset={ref}"
+
+    def preference_pairs(self, r: Any, prepared: Path | None) -> tuple[list[dict], list[dict]]:
+        from c2f_exp.rl.preferences import hub_pairs
+
+        return hub_pairs(r)
+
+    def validate_model(self, cfg: Any) -> None:
+        for role in ROLES:
+            if not cfg.model[role].path:
+                raise bad_value(
+                    f"model.{role}.path",
+                    cfg.model[role].path,
+                    "a hub id or a local model directory for model.source=hub",
+                )
+
+    def validate_reward(self, cfg: Any) -> None:
+        r = cfg.reward
+        if not r.path and not r.dataset:
+            raise bad_value(
+                "reward.dataset",
+                r.dataset,
+                "a hub preference data set id or local path for reward.source=hub",
+                "e.g. reward.dataset=Anthropic/hh-rlhf",
+            )
+
+
+# choice -> source, per config key; `data.source`, `model.source` and `reward.source` share one.
+SOURCES: dict[str, type[DataSource]] = {"tinyworld": TinyWorldSource, "hub": HubSource}
+BY_KEY: dict[str, dict[str, type[DataSource]]] = {
+    "eval.mt_bench.source": {"tinyworld": TinyWorldSource, "fastchat": HubSource},
+}
+_INSTANCES = {cls: cls() for cls in SOURCES.values()}
+
+
+def get_source(name: Any, key: str = "data.source") -> DataSource:
+    """The source the config key `key` names with `name`; ConfigError naming the key if none."""
+    table = BY_KEY.get(key, SOURCES)
+    if name not in table:
+        raise bad_value(key, name, "one of " + ", ".join(table))
+    return _INSTANCES[table[name]]
+
+
+def source_for(cfg: Any, key: str = "data.source") -> DataSource:
+    """The source of the root config `cfg` for `key` (a dotted path ending in `source`)."""
+    return get_source(functools.reduce(getattr, key.split("."), cfg), key)
