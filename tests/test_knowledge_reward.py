@@ -53,7 +53,49 @@ def test_fit_learns_that_contradictions_are_worse():
     rm_diff = torch.randn(n, generator=g) * 0.1  # a classifier that knows nothing
     head = kr.fit(rm_diff, fc, fr)
     assert head["weights"][1] < 0 and head["train_accuracy"] == 1.0
-    assert head["features"] == list(kr.FEATURES) and len(head["weights"]) == 5
+    assert head["features"] == list(kr.TOKEN_FEATURES) and len(head["weights"]) == 5
+    assert "sentence_ends" not in head
+    with pytest.raises(ValueError, match="4 feature columns, expected 6"):
+        kr.fit(rm_diff, fc, fr, sentence_ends=[1])
+
+
+def test_sentence_counts_by_hand():
+    ends = {9}  # token 9 ends a sentence
+    # "1 2 9 | 3 4 9 | 1 2 9 | 5" : three full sentences (the third repeats the first), one open
+    ids = [1, 2, 9, 3, 4, 9, 1, 2, 9, 5]
+    assert kr._sentence_counts(ids, [False] * 10, ends) == (4, 3)
+    flags = [False] * 10
+    flags[4] = True  # a contradiction inside the second sentence
+    assert kr._sentence_counts(ids, flags, ends) == (4, 2)
+    assert kr._sentence_counts([], [], ends) == (0, 0)
+
+
+def test_sentence_features_follow_the_lm_contradiction_flags():
+    big = 20.0
+    logits = torch.tensor([[big, 0.0, 0.0]] * 5)[None]  # confident: token 0 everywhere
+    ids = torch.tensor([[0, 0, 1, 0, 1]])  # ends = {1}: sentences "0 0 1", "0 1"
+    mask = torch.ones_like(ids)
+    f = kr.features(_FixedLM(logits), ids, mask, ends=[1])[0]
+    assert f.shape == (len(kr.FEATURES),)
+    # each "1" is a confident contradiction (the LM wanted 0): no sentence is clean
+    assert f[0] == 2 and f[4] == 2 and f[5] == 0
+    assert kr.features(_FixedLM(logits), ids, mask).shape == (1, len(kr.TOKEN_FEATURES))
+
+
+def test_a_head_fitted_before_sentence_features_scores_as_before():
+    """Old heads name four features; `combine` computes and weighs only those."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 3, (4, 6), generator=g)
+    mask = torch.ones_like(ids)
+    lm = _FixedLM(torch.randn(4, 6, 3, generator=g))
+    f4 = kr.features(lm, ids, mask)
+    head = {"features": list(kr.TOKEN_FEATURES), "weights": [1.0, 0.5, -0.5, 0.25, 0.1]}
+    head |= {"mean": [0.0] * 4, "scale": [1.0] * 4}
+    model = SimpleNamespace(config=SimpleNamespace(**{kr.KEY: head}))
+    kr.attach(model, lm)
+    rm = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    want = rm + f4 @ torch.tensor([0.5, -0.5, 0.25, 0.1])
+    assert torch.allclose(kr.combine(model, rm, ids, mask), want)
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +114,7 @@ def test_stage_saves_the_head_and_loading_applies_it(trained, tmp_path):
     rm, tok = rmod.load_reward_model(str(model_dir))
     head = kr.head_of(rm)
     assert head["lm"] == kr.LM_DIR and kr.attached_lm(rm) is not None
+    assert head["features"] == list(kr.FEATURES) and head["sentence_ends"]
     prompts = ["tell me about the x ."] * 3
     texts = ["hello .", "hello hello .", "the the the ."]
     with_head = rmod.score_texts(rm, tok, prompts, texts)

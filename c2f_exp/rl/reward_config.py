@@ -60,6 +60,9 @@ class KnowledgeConf:
     the classifier alone cannot tell a true fact from a false one; the LM can."""
 
     enabled: bool = True  # ours (conf/reward/tinyworld.yaml: wrong-fact agreement 0.49 -> 0.99)
+    # ours: + sentence counts (all / distinct and free of contradictions): agreement
+    # 0.855-0.872 -> 0.902-0.908 held-out (conf/reward/tinyworld.yaml)
+    sentences: bool = True
 
 
 @dataclass

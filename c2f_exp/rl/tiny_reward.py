@@ -112,23 +112,27 @@ def train_tiny(
     if r.knowledge.enabled:
         fitted_on = data if r.objective == "pairwise" else pairs
         out["knowledge_train_accuracy"] = fit_knowledge(
-            model, tok, fitted_on, lm_src or labeller.policy_dir
+            model, tok, fitted_on, lm_src or labeller.policy_dir, r.knowledge.sentences
         )
     out.update(train_seconds=round(time.time() - t0, 2), history=hist)
     return out
 
 
-def fit_knowledge(model, tok, pairs: list[dict], lm_src: str) -> float:
+def fit_knowledge(model, tok, pairs: list[dict], lm_src: str, sentences: bool = True) -> float:
     """Fit and attach the knowledge head (knowledge_reward.py) on the training `pairs`, with the
-    causal LM at `lm_src` (the reward model's init). Returns its training pair accuracy."""
+    causal LM at `lm_src` (the reward model's init), with or without the sentence features.
+    Returns its training pair accuracy."""
     lm = knowledge.load_lm(lm_src)
     enc = {
         side: [rmod.encode(tok, p["prompt"], p[side], "plain") for p in pairs]
         for side in ("chosen", "rejected")
     }
     rm = {k: rmod.score_ids(model, v, tok.pad_token_id) for k, v in enc.items()}
-    f = {k: knowledge.features_of(lm, v, tok.pad_token_id) for k, v in enc.items()}
-    head = knowledge.fit(rm["chosen"] - rm["rejected"], f["chosen"], f["rejected"])
+    ends = knowledge.sentence_end_ids(tok) if sentences else None
+    f = {k: knowledge.features_of(lm, v, tok.pad_token_id, ends=ends) for k, v in enc.items()}
+    head = knowledge.fit(
+        rm["chosen"] - rm["rejected"], f["chosen"], f["rejected"], sentence_ends=ends
+    )
     setattr(model.config, knowledge.KEY, {**head, "lm": knowledge.LM_DIR})
     knowledge.attach(model, lm)
     return head["train_accuracy"]

@@ -26,21 +26,20 @@ from c2f_exp.rl import tiny_reward as tiny
 from c2f_exp.rl.reward_config import RewardConf
 
 ROOT = Path(__file__).resolve().parents[2]
-# name -> overrides of conf/reward/tinyworld.yaml
-PROC = {"objective": "process", "defects": {"enabled": True}}
+# name -> overrides of conf/reward/tinyworld.yaml (whose default is BT + knowledge + sentences)
+OFF = {"knowledge": {"enabled": False}}
+PROC = {"objective": "process", "defects": {"enabled": True}, **OFF}
 VARIANTS: dict[str, dict] = {
-    "bt_last (default)": {},
-    "bt_last + defects": {"defects": {"enabled": True}},
-    "process, on-policy only": {"objective": "process"},
+    "bt_last alone": OFF,
+    "bt_last + defects": {"defects": {"enabled": True}, **OFF},
+    "process, on-policy only": {"objective": "process", **OFF},
     "process + defects": PROC,
     "process + defects, 4 epochs lr 2e-3": {**PROC, "train": {"epochs": 4, "lr": 2e-3}},
     "process + defects, 2 rounds": {**PROC, "rounds": 2},
     "process + defects, 6 layers": {**PROC, "arch": {"num_layers": 6}},
-    "bt_last + knowledge": {"knowledge": {"enabled": True}},
-    "bt_last + defects + knowledge": {
-        "defects": {"enabled": True},
-        "knowledge": {"enabled": True},
-    },
+    "bt_last + knowledge, token features": {"knowledge": {"sentences": False}},
+    "bt_last + knowledge + sentences (default)": {},
+    "bt_last + defects + knowledge + sentences": {"defects": {"enabled": True}},
 }
 COLS = (
     ("held-out", "gold_agreement"),
