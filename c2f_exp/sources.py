@@ -17,7 +17,8 @@ A source is stateless, so one instance per choice serves every key.
 Callers ask a source for data (`ppo_prompts`, `preference_pairs`, `model_refs`), run its checks
 (`check_models`, `check_data`, `check_reward_data` at preflight; `validate_model`,
 `validate_reward` before any stage) or read what it can do (`builds_models`, `reads_prepare`,
-`has_gold_scorer`); they never compare its name (tests/test_sources.py checks stages/ and rl/).
+`has_gold_scorer`); they never compare its name (tests/test_sources.py checks stages/, rl/,
+evaluation/ and config.py).
 Layer 2 (beside rl/, evaluation/): it reads `rl.preferences` for hub pairs, so rl/ modules
 other than that one, evaluation/, config.py and the stages may import it (tests/test_layers.py).
 """

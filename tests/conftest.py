@@ -1,4 +1,7 @@
-"""Shared fixtures: config composition and running the CLI in a subprocess."""
+"""Shared fixtures (config composition, tiny models and artifacts) and the CLI in a subprocess.
+
+Plain builders that several modules share live in tests/helpers/ (imported, not collected).
+"""
 
 from __future__ import annotations
 
@@ -83,15 +86,25 @@ def torch_one_thread():
 
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory) -> Path:
-    """A prepare-like artifact (world, data files, tiny base/instruct): tests/test_eval_common."""
-    from tests.test_eval_common import build_tiny_artifact
+    """A prepare-like artifact (world, data files, tiny base/instruct): tests.helpers.eval."""
+    from tests.helpers.eval import build_tiny_artifact
 
     return build_tiny_artifact(tmp_path_factory.mktemp("prep"))
 
 
 @pytest.fixture(scope="session")
 def trio(tmp_path_factory) -> dict[str, str]:
-    """base / instruct / coarse model dirs for merges (tests/test_merge_io.build_trio)."""
-    from tests.test_merge_io import build_trio
+    """base / instruct / coarse model dirs for merges (tests.helpers.merge.build_trio)."""
+    from tests.helpers.merge import build_trio
 
     return build_trio(tmp_path_factory.mktemp("trio"))
+
+
+@pytest.fixture(scope="session")
+def micro(tmp_path_factory) -> dict:
+    """The coarse tests' micro world: prepare/ (world, prompts, tiny base) and reward/ (a random
+    reward model); returns `upstream` (tests.helpers.coarse.build_micro_world). Modules with
+    their own micro world (test_reward.py, ...) define a `micro` fixture of their own."""
+    from tests.helpers.coarse import build_micro_world
+
+    return build_micro_world(tmp_path_factory.mktemp("micro_world"))

@@ -77,19 +77,18 @@ from __future__ import annotations
 
 import contextlib
 import json
-import runpy
 import shlex
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from tests.conftest import ROOT, run_cli
-from tests.test_merge_io import TINY, build_trio, save_model, tiny_mistral_state
+from tests.helpers.cli import run_inprocess
+from tests.helpers.merge import TINY, build_trio, save_model, tiny_mistral_state
 
 MERGE = ["stages=[merge]"]
 EVAL = ["stages=[prepare,eval]"]
@@ -286,26 +285,6 @@ TABLE = [
         "paths.cache_dir=*is not a writable directory (NotADirectoryError",
     ),
 ]
-
-
-def run_inprocess(args: list[str], tmp: Path, capsys) -> tuple[int, str, str]:
-    """`python -m c2f_exp <args>` in this process; (exit status, stdout, stderr)."""
-    argv = ["c2f_exp", f"hydra.run.dir={tmp}/run", f"paths.cache_dir={tmp}/cache", "tracker=none"]
-    old = sys.argv
-    sys.argv = (
-        argv
-        + [a for a in args if not a.startswith("paths.cache_dir=")]
-        + [a for a in args if a.startswith("paths.cache_dir=")]
-    )
-    try:
-        runpy.run_module("c2f_exp", run_name="__main__", alter_sys=True)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _matches(msg: str, pattern: str) -> bool:

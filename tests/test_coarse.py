@@ -13,115 +13,14 @@ import math
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
-sys.path.insert(0, str(ROOT))
-
-
-# ---- helpers shared with the other coarse tests --------------------------------------------
-def coarse_cfg(
-    overrides: dict | None = None,
-    schedule: str = "continuous_max",
-    distributed: str = "none",
-    micro: bool = True,
-) -> DictConfig:
-    """Root config with the coarse, length_schedule and distributed groups (as wired later)."""
-    from c2f_exp.config import C2FConfig
-    from c2f_exp.rl.coarse_config import CoarseConf, DistributedConf
-    from c2f_exp.rl.config import LengthScheduleConf
-
-    cfg = OmegaConf.merge(
-        OmegaConf.structured(C2FConfig),
-        {
-            "model": {"name": "tiny", "arch": {"max_position_embeddings": 256 if micro else 512}},
-            "data": {"name": "tinyworld"},
-            "tracker": {"backend": "none"},
-            "paths": {"root_dir": "/tmp", "output_dir": "/tmp", "cache_dir": "/tmp"},
-        },
-    )
-    OmegaConf.set_struct(cfg, False)
-    for key, cls, path in (
-        ("coarse", CoarseConf, "coarse/tinyworld"),
-        ("length_schedule", LengthScheduleConf, f"length_schedule/{schedule}"),
-        ("distributed", DistributedConf, f"distributed/{distributed}"),
-    ):
-        cfg[key] = OmegaConf.merge(
-            OmegaConf.structured(cls), OmegaConf.load(CONF / f"{path}.yaml")
-        )
-    use_micro, micro = (
-        micro,
-        {
-            "coarse": {
-                "steps": 3,
-                "batch_size": 8,
-                "minibatch_size": 4,
-                "ppo_epochs": 2,
-                "eval_prompts": 4,
-                "checkpoint_every": 2,
-            },
-            "length_schedule": {"l_min": 8, "l_max": 24},
-        },
-    )
-    return OmegaConf.merge(cfg, micro if use_micro else {}, overrides or {})
-
-
-def build_micro_world(root: Path) -> dict:
-    """A 12-entity world, tokenizer, random tiny base and reward model. Returns `upstream`."""
-    from transformers import AutoModelForSequenceClassification
-
-    from c2f_exp.tinyworld import data, models
-    from c2f_exp.tinyworld.tokenizer import train_tokenizer
-    from c2f_exp.tinyworld.world import generate_world
-
-    world = generate_world(0, 12, 0.3)
-    docs = data.pretraining_corpus(world, 40, 1)
-    tok = train_tokenizer(docs, world.vocabulary())
-    arch = SimpleNamespace(
-        hidden_size=32,
-        intermediate_size=64,
-        num_layers=2,
-        num_heads=2,
-        num_kv_heads=1,
-        max_position_embeddings=256,
-    )
-    base = models.build_model(tok, arch, 0)
-    prep = root / "prepare"
-    (prep / "data").mkdir(parents=True)
-    base.save_pretrained(prep / "base")
-    tok.save_pretrained(prep / "base")
-    (prep / "world.json").write_text(world.to_json())
-    rows = data.ppo_prompts(world, world.entities)
-    (prep / "data" / "ppo_prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    torch.manual_seed(1)
-    rm = AutoModelForSequenceClassification.from_pretrained(prep / "base", num_labels=1)
-    rm.config.pad_token_id = tok.pad_token_id
-    rm.save_pretrained(root / "reward" / "model")
-    tok.save_pretrained(root / "reward" / "model")
-    return {"prepare": {"path": str(prep)}, "reward": {"path": str(root / "reward")}}
-
-
-def make_ctx(cfg: DictConfig, upstream: dict, run: Path, work: Path):
-    from c2f_exp.stages import StageContext
-    from c2f_exp.tracking import Tracker
-
-    run.mkdir(parents=True, exist_ok=True)
-    work.mkdir(parents=True, exist_ok=True)
-    tracker = Tracker(OmegaConf.create({"backend": "none"}), run, {}, "test", "test")
-    tracker.stage("coarse", run / "coarse")
-    return SimpleNamespace(
-        ctx=StageContext(cfg, run, run / "coarse", work, tracker, dict(upstream)), tracker=tracker
-    )
-
-
-def read_trace(out: Path) -> list[dict]:
-    with open(out / "length_trace.csv") as fh:
-        return list(csv.DictReader(fh))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the driver: `tests` importable
+from tests.helpers import CONF
+from tests.helpers.coarse import _trainer, coarse_cfg, make_ctx, read_trace
 
 
 def drive(argv: list[str]) -> None:
@@ -152,12 +51,6 @@ def drive(argv: list[str]) -> None:
 
     if int(os.environ.get("RANK", "0")) == 0:
         print("METRICS " + json.dumps(metrics, default=str), flush=True)
-
-
-# ---- fixtures -------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def micro(tmp_path_factory) -> dict:
-    return build_micro_world(tmp_path_factory.mktemp("micro_world"))
 
 
 # ---- config and bad input -------------------------------------------------------------------
@@ -314,61 +207,7 @@ def test_nonfinite_rewards_are_counted_then_stop():
         check_scores(torch.tensor([math.nan]), 2, 2, step=3)
 
 
-# ---- the trainer on toy rewards -------------------------------------------------------------
-def _trainer(
-    micro: dict,
-    tmp: Path,
-    reward_fn,
-    over: dict | None = None,
-    critic: str = "reward",
-    gold_source=None,
-):
-    """A CoarseTrainer on the micro world; `gold_source(prompts, rollout)` adds a gold monitor."""
-    from transformers import AutoTokenizer
-
-    from c2f_exp.rl import critic as cr
-    from c2f_exp.rl.gold_sources import GoldMonitor
-    from c2f_exp.rl.length_schedules import build_schedule
-    from c2f_exp.rl.ppo import build_kl_controller
-    from c2f_exp.rl.trainer import CoarseTrainer
-
-    cfg = coarse_cfg({"coarse": over or {}})
-    c = cfg.coarse
-    base = str(Path(micro["prepare"]["path"]) / "base")
-    rm = str(Path(micro["reward"]["path"]) / "model")
-    tok = AutoTokenizer.from_pretrained(base)
-    acc = cr.build_accelerator(cfg.distributed, c)
-    torch.manual_seed(0)
-    model = cr.ActorCritic(
-        cr.load_policy(base, torch.float32, False), cr.load_critic(critic, rm, base, torch.float32)
-    )
-    rows = [
-        json.loads(x)
-        for x in (Path(micro["prepare"]["path"]) / "data" / "ppo_prompts.jsonl")
-        .read_text()
-        .splitlines()
-    ]
-    logged: list[tuple[dict, int]] = []
-    monitor = GoldMonitor(gold_source, c, lambda t: t) if gold_source else None
-    tr = CoarseTrainer(
-        c,
-        acc,
-        model,
-        cr.load_frozen(base, "causal", torch.float32),
-        reward_fn,
-        build_schedule(cfg.length_schedule),
-        build_kl_controller("fixed", c.kl_coef, None, 1),
-        tok,
-        [r["prompt"] for r in rows],
-        "<s> ",
-        tmp,
-        lambda m, s: logged.append((m, s)),
-        0,
-        monitor=monitor,
-    )
-    return tr, tok, logged
-
-
+# ---- the trainer on toy rewards (tests.helpers.coarse._trainer) -------------------------
 def test_ppo_raises_a_toy_reward(micro, tmp_path):
     """Reward = share of response tokens with an even id (~0.5 at start): PPO must raise it."""
 

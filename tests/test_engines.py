@@ -155,11 +155,10 @@ def test_vllm_without_a_gpu_is_a_named_error(monkeypatch):
 
 
 def test_preflight_refuses_vllm_here_and_validation_names_a_bad_engine(monkeypatch):
-    from test_coarse import coarse_cfg
-
     from c2f_exp.errors import ConfigError
     from c2f_exp.rl.coarse_config import validate_coarse
     from c2f_exp.stages.coarse import CoarseStage
+    from tests.helpers.coarse import coarse_cfg
 
     monkeypatch.setitem(sys.modules, "vllm", None)
     cfg = coarse_cfg({"coarse": {"rollout": {"engine": "vllm"}, "reward_model": None}})
@@ -171,9 +170,8 @@ def test_preflight_refuses_vllm_here_and_validation_names_a_bad_engine(monkeypat
 
 
 def test_engine_choice_is_not_in_the_cache_key_unless_it_changes_sampling():
-    from test_coarse import coarse_cfg
-
     from c2f_exp.stages.coarse import CoarseStage
+    from tests.helpers.coarse import coarse_cfg
 
     sub = CoarseStage().config_subtree
     base = sub(coarse_cfg())

@@ -12,7 +12,8 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 from c2f_exp.cli_errors import one_line
 from c2f_exp.errors import ConfigError
 from c2f_exp.evaluation.config import EvalConf, validate_eval
-from tests.test_eval_common import CONF, eval_cfg
+from tests.helpers import CONF
+from tests.helpers.eval import eval_cfg
 
 
 @pytest.mark.parametrize("path", sorted((CONF / "eval").glob("*.yaml")), ids=lambda p: p.stem)

@@ -10,7 +10,7 @@ import pytest
 from c2f_exp.errors import ConfigError
 from c2f_exp.evaluation import harness
 from c2f_exp.evaluation.tasks import materialise_tinyworld, process_about
-from tests.test_eval_common import eval_cfg
+from tests.helpers.eval import eval_cfg
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

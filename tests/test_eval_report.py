@@ -6,29 +6,13 @@ base is prompted plainly, instruct with its chat template; both are untrained (s
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
 from c2f_exp.evaluation import report
-from tests.test_eval_common import eval_cfg
+from tests.helpers.eval import eval_cfg, make_ctx
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
-
-
-def make_ctx(cfg, artifact: Path, tmp: Path, upstream: dict | None = None):
-    """A StageContext as the pipeline builds it, with the prepare artifact upstream."""
-    from c2f_exp.stages import StageContext
-    from c2f_exp.tracking import Tracker
-
-    run = tmp / "run"
-    tracker = Tracker(OmegaConf.create({"backend": "none", "mode": "disabled"}), run, {}, "g", "n")
-    tracker.stage("eval", run / "eval")
-    ups = {"prepare": {"path": str(artifact), "config_hash": "p"}, **(upstream or {})}
-    out = tmp / "artifact"
-    out.mkdir(parents=True)
-    return StageContext(cfg, run, run / "eval", tmp / "work", tracker, ups), out
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """The overoptimization monitor: hand-computed math, the stop rule, preflight, trainer hooks.
 
 Math: c2f_exp/rl/gold_monitor.py; sources and the monitor: rl/gold_sources.py. The end-to-end
-files (overoptimization.csv/.png) are checked in tests/test_coarse.py's stage test.
+files (overoptimization.csv/.png) are checked in tests/test_coarse.py's stage test. The trainer
+tests use conftest's `micro` world and tests.helpers.coarse's `_trainer`.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import math
 import pytest
 import torch
 from omegaconf import OmegaConf
-from test_coarse import _trainer, coarse_cfg, micro  # noqa: F401  (micro: a fixture)
 
 from c2f_exp.rl import gold_monitor as gm
+from tests.helpers.coarse import _trainer, coarse_cfg
 
 
 # ---- pure functions, by hand ----------------------------------------------------------------
@@ -114,11 +115,11 @@ def test_bad_gold_settings_are_one_line_errors(over, key):
 
 def test_hub_run_with_the_7b_settings_asks_for_a_gold_reward_model(tmp_path):
     from hydra import compose, initialize_config_dir
-    from test_coarse import CONF
 
     from c2f_exp.errors import ConfigError
     from c2f_exp.rl.coarse_config import CoarseConf
     from c2f_exp.stages.coarse import CoarseStage
+    from tests.helpers import CONF
 
     with initialize_config_dir(config_dir=str(CONF / "coarse"), version_base="1.3"):
         node = compose(config_name="mistral_7b")
@@ -136,9 +137,8 @@ def test_hub_run_with_the_7b_settings_asks_for_a_gold_reward_model(tmp_path):
 
 
 def test_registry_matches_the_documented_choices():
-    from test_coarse import CONF
-
     from c2f_exp.rl.gold_sources import SOURCES
+    from tests.helpers import CONF
 
     assert set(SOURCES) == {"tinyworld_gold", "reward_model"}
     text = (CONF / "coarse" / "tinyworld.yaml").read_text()
@@ -203,7 +203,7 @@ def _rising_rm():
     return reward_fn
 
 
-def test_early_stop_when_gold_falls_while_rm_rises(micro, tmp_path):  # noqa: F811
+def test_early_stop_when_gold_falls_while_rm_rises(micro, tmp_path):
     source, calls = _falling_gold(10.0, 2.0)
     over = {"steps": 10, "gold_every": 1, "early_stop_on_gold": True, "gold_window": 1}
     over.update(gold_min_drop=1.0, checkpoint_every=100, ppo_epochs=1)
@@ -215,7 +215,7 @@ def test_early_stop_when_gold_falls_while_rm_rises(micro, tmp_path):  # noqa: F8
     assert logged[1][0]["gold/gold_total"] == 8.0 and logged[1][0]["gold/rm_score"] == 2.0
 
 
-def test_monitor_off_by_flag_never_stops(micro, tmp_path):  # noqa: F811
+def test_monitor_off_by_flag_never_stops(micro, tmp_path):
     source, _ = _falling_gold(10.0, 2.0)
     over = {"steps": 4, "gold_every": 2, "gold_window": 1, "checkpoint_every": 100}
     over.update(ppo_epochs=1, batch_size=4, minibatch_size=4)
@@ -225,7 +225,7 @@ def test_monitor_off_by_flag_never_stops(micro, tmp_path):  # noqa: F811
     assert [r["step"] for r in state.gold] == [0, 2, 3]  # every 2nd and the last
 
 
-def test_gold_rows_survive_a_resume(micro, tmp_path):  # noqa: F811
+def test_gold_rows_survive_a_resume(micro, tmp_path):
     source, _ = _falling_gold(5.0, 0.0)
     over = {"steps": 3, "gold_every": 1, "checkpoint_every": 2, "ppo_epochs": 1}
     tr, _, _ = _trainer(micro, tmp_path, _rising_rm(), over, gold_source=source)

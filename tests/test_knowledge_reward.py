@@ -13,7 +13,7 @@ from c2f_exp.errors import ConfigError
 from c2f_exp.rl import knowledge_reward as kr
 from c2f_exp.rl import reward_model as rmod
 from c2f_exp.stages.reward import RewardStage
-from tests.test_reward import SMALL, _cfg, _micro_world, _run
+from tests.helpers.reward import SMALL, _cfg, _micro_world, _run
 
 
 class _FixedLM(torch.nn.Module):

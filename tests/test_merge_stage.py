@@ -12,45 +12,14 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
-from c2f_exp import artifacts
 from c2f_exp.errors import C2FError, ConfigError
 from c2f_exp.merging import config as mconfig
 from c2f_exp.merging import methods
 from c2f_exp.merging.config import MergerConf
-from c2f_exp.stages import StageContext
 from c2f_exp.stages.merge import RECIPE, MergeStage
-from c2f_exp.tracking import Tracker
-from tests.conftest import CONF, tiny_mistral_config
-from tests.test_merge_io import TINY, load_dir, tiny_mistral_state
-
-
-def make_cfg(stages=("merge",), **merger):
-    node = OmegaConf.merge(OmegaConf.structured(MergerConf), merger)
-    return OmegaConf.create(
-        {
-            "stages": list(stages),
-            "merger": node,
-            "model": {
-                "base": {"path": None, "revision": None},
-                "instruct": {"path": None, "revision": None},
-            },
-        }
-    )
-
-
-def run_stage(cfg, tmp: Path, upstream=None):
-    """preflight, then run into an atomic artifact dir the way pipeline._run_stage does."""
-    stage = MergeStage()
-    stage.preflight(cfg)
-    tracker = Tracker(OmegaConf.create({"backend": "none", "mode": "disabled"}), tmp, {}, "g", "n")
-    tracker.stage("merge", tmp / "run" / "merge")
-    art = tmp / "cache" / "merge" / "k"
-    ctx = StageContext(
-        cfg, tmp / "run", tmp / "run" / "merge", tmp / "work", tracker, upstream or {}
-    )
-    with artifacts.atomic_dir(art) as out:
-        metrics = stage.run(ctx, out)
-    return art, metrics
+from tests.conftest import tiny_mistral_config
+from tests.helpers import CONF
+from tests.helpers.merge import TINY, load_dir, make_cfg, run_stage, tiny_mistral_state
 
 
 def test_registry_matches_conf_files():

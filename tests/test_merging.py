@@ -18,7 +18,7 @@ from c2f_exp.merging.config import (
 )
 from c2f_exp.merging.methods import Params, coefficient_for, dare_keep, merge_tensor
 from c2f_exp.merging.stream import merge_models
-from tests.test_merge_io import build_trio, load_dir
+from tests.helpers.merge import build_trio, load_dir
 
 FILTERS = [
     Params(),

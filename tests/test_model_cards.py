@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from c2f_exp.model_card import card_metadata, is_hub_id, write_model_card
 from c2f_exp.stages.merge import MergeStage
-from tests.test_merge_stage import make_cfg, run_stage
+from tests.helpers.merge import make_cfg, run_stage
 
 HUB = "mistralai/Mistral-7B-v0.1"
 

@@ -21,7 +21,9 @@ from c2f_exp.evaluation.judges import (
     calibration_range,
     extract_rating,
 )
-from tests.test_eval_common import eval_cfg, one_torch_thread, tiny_artifact  # noqa: F401
+from tests.helpers.eval import _prompts, eval_cfg
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 # Judge outputs in the shapes real judges produce (GPT-4 / Llama judgments of MT-Bench answers).
 JUDGMENTS = [
@@ -48,34 +50,6 @@ JUDGMENTS = [
 @pytest.mark.parametrize("text,expected", JUDGMENTS)
 def test_extract_rating_on_judge_outputs(text, expected):
     assert extract_rating(text) == expected
-
-
-def _prompts() -> dict[str, dict]:
-    def p(name: str, template: str) -> dict:
-        return {
-            "name": name,
-            "type": "single",
-            "system_prompt": f"SYS {name}",
-            "prompt_template": template,
-            "output_format": "[[rating]]",
-        }
-
-    return {
-        x["name"]: x
-        for x in (
-            p("single-v1", "Q: {question} A: {answer}"),
-            p("single-math-v1", "Q: {question} REF: {ref_answer_1} A: {answer}"),
-            p(
-                "single-v1-multi-turn",
-                "Q1: {question_1} A1: {answer_1} Q2: {question_2} A2: {answer_2}",
-            ),
-            p(
-                "single-math-v1-multi-turn",
-                "Q1: {question_1} R1: {ref_answer_1} A1: {answer_1} "
-                "Q2: {question_2} R2: {ref_answer_2} A2: {answer_2}",
-            ),
-        )
-    }
 
 
 class ScriptedClient:
@@ -235,7 +209,7 @@ def test_fastchat_show_result_reads_our_judgments(tmp_path):
     assert average[-2:] == ["m", "7.0"]  # (8 + 6) / 2, the failed judgment excluded
 
 
-def test_two_turn_answers_with_a_tiny_model(tiny_artifact):  # noqa: F811
+def test_two_turn_answers_with_a_tiny_model(tiny_artifact):
     from c2f_exp.evaluation.models import ModelRef, load
 
     path = str(tiny_artifact / "instruct")
@@ -309,7 +283,7 @@ def test_summary_matches_fastchat_show_result(tmp_path):
     assert got["m1"]["category/b"] == pytest.approx(4.0)
 
 
-def test_gold_judge_on_hand_written_answers(tiny_artifact):  # noqa: F811
+def test_gold_judge_on_hand_written_answers(tiny_artifact):
     from c2f_exp.evaluation.gold_judge import GoldJudge
     from c2f_exp.tinyworld.world import ATTR_BY_NAME, ATTRIBUTES, World
 
@@ -352,7 +326,7 @@ def test_reward_model_calibration():
         calibration_range([1.0, 1.0])
 
 
-def test_reward_model_judge_scores_conversations(tmp_path, tiny_artifact):  # noqa: F811
+def test_reward_model_judge_scores_conversations(tmp_path, tiny_artifact):
     from transformers import AutoTokenizer, MistralConfig, MistralForSequenceClassification
 
     tok = AutoTokenizer.from_pretrained(tiny_artifact / "base")
@@ -391,7 +365,7 @@ def test_reward_model_judge_scores_conversations(tmp_path, tiny_artifact):  # no
     assert RewardModelJudge(str(rm_dir), fixed, "cpu").low == -1.0
 
 
-def test_hf_local_judge_runs_a_local_chat_model(tiny_artifact):  # noqa: F811
+def test_hf_local_judge_runs_a_local_chat_model(tiny_artifact):
     from c2f_exp.evaluation import judges
 
     jcfg = _judge_cfg(model=str(tiny_artifact / "instruct"), retries=1, max_tokens=6)
@@ -404,7 +378,7 @@ def test_hf_local_judge_runs_a_local_chat_model(tiny_artifact):  # noqa: F811
     assert isinstance(j.judgment, str)
 
 
-def test_reward_model_judge_is_built_with_prepare_calibration(tmp_path, tiny_artifact):  # noqa: F811
+def test_reward_model_judge_is_built_with_prepare_calibration(tmp_path, tiny_artifact):
     from transformers import AutoTokenizer, MistralConfig, MistralForSequenceClassification
 
     from c2f_exp.evaluation import judges

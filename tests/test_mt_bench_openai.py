@@ -19,8 +19,9 @@ import pytest
 from c2f_exp.errors import ConfigError
 from c2f_exp.evaluation import judges, mt_bench, mt_bench_data
 from c2f_exp.evaluation.clients import OpenAICompatibleClient
-from tests.test_eval_common import eval_cfg, one_torch_thread, tiny_artifact  # noqa: F401
-from tests.test_mt_bench import _prompts
+from tests.helpers.eval import _prompts, eval_cfg
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 KEY_ENV, KEY = "C2F_TEST_JUDGE_KEY", "sk-test-0123456789"
 REPLIES = {  # marker -> judgments returned on successive calls (None = HTTP 500)
@@ -184,10 +185,10 @@ def test_preflight_reaches_the_server(server, monkeypatch):
         judges.preflight(_jcfg(url), ["eval"])
 
 
-def test_eval_stage_with_http_judge(server, monkeypatch, tmp_path, tiny_artifact):  # noqa: F811
+def test_eval_stage_with_http_judge(server, monkeypatch, tmp_path, tiny_artifact):
     """The stage end to end: tiny models answer, the HTTP judge grades, the report is written."""
     from c2f_exp.stages.evaluate import EvalStage
-    from tests.test_eval_report import make_ctx
+    from tests.helpers.eval import make_ctx
 
     monkeypatch.setenv(KEY_ENV, KEY)
     prompts = tmp_path / "judge_prompts.jsonl"

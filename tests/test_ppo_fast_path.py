@@ -16,12 +16,12 @@ import dataclasses
 
 import pytest
 import torch
-from test_coarse import _trainer, build_micro_world
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
 from c2f_exp.rl import decode
 from c2f_exp.rl.experience import make_experience, policy_forward
 from c2f_exp.rl.rollout import generate, position_ids
+from tests.helpers.coarse import _trainer, build_micro_world
 
 PAD, BOS, EOS, V = 0, 1, 2, 40
 ATOL = 1e-5

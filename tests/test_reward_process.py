@@ -16,7 +16,7 @@ from c2f_exp.rl.reward_config import RewardArchConf, RewardTrainConf
 from c2f_exp.stages.reward import RewardStage
 from c2f_exp.tinyworld.scorer import GoldScorer
 from c2f_exp.tinyworld.world import World
-from tests.test_reward import MICRO_ARCH, SMALL, _cfg, _micro_world, _run
+from tests.helpers.reward import MICRO_ARCH, SMALL, _cfg, _micro_world, _run
 
 
 @pytest.fixture(scope="module")

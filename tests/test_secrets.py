@@ -17,7 +17,7 @@ import yaml
 
 from c2f_exp import secrets
 from tests.conftest import run_cli
-from tests.test_bad_inputs import run_inprocess
+from tests.helpers.cli import run_inprocess
 
 ENV_SECRETS = {
     "OPENAI_API_KEY": "sk-envsecret-AAA111",

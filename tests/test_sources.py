@@ -1,5 +1,5 @@
 """The data-source seam (c2f_exp/sources.py): the registry, each source's data and checks, and
-that stages/ and rl/ ask the source instead of comparing its name."""
+that stages/, rl/, evaluation/ and config.py ask the source instead of comparing its name."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ NAMES = {"tinyworld", "hub", "fastchat"}  # the source choices' literal names
 CHECKED = [
     *sorted((PKG / "stages").rglob("*.py")),
     *sorted((PKG / "rl").rglob("*.py")),
+    *sorted((PKG / "evaluation").rglob("*.py")),
     PKG / "config.py",
-    PKG / "evaluation" / "config.py",
 ]
 
 

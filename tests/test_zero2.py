@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
-from test_coarse import ROOT, build_micro_world, coarse_cfg, read_trace
+
+from tests.helpers import ROOT
+from tests.helpers.coarse import build_micro_world, coarse_cfg, read_trace
 
 STEPS = 3
 

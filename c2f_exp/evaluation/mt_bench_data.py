@@ -22,6 +22,7 @@ from typing import Any
 from c2f_exp import layout
 from c2f_exp.errors import ConfigError
 from c2f_exp.layout import read_jsonl, write_jsonl  # noqa: F401  (re-exported: runner, mt_bench)
+from c2f_exp.sources import get_source
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +164,12 @@ class MTBenchData:
 
 
 def load_data(mcfg: Any, prepare_dir: str | None, need_prompts: bool) -> MTBenchData:
-    """Questions (first `limit`), references, and judge prompts when `need_prompts`."""
-    if mcfg.question_file or mcfg.source == "fastchat":
+    """Questions (first `limit`), references, and judge prompts when `need_prompts`.
+
+    `eval.mt_bench.source` picks a c2f_exp.sources class: one that `reads_prepare` (tinyworld)
+    takes prepare's two-turn set, the other (fastchat) FastChat's files, located as above."""
+    fastchat = not get_source(mcfg.source, "eval.mt_bench.source").reads_prepare
+    if mcfg.question_file or fastchat:
         qpath = locate(mcfg, "question")
     else:
         if not prepare_dir:
@@ -175,7 +180,7 @@ def load_data(mcfg: Any, prepare_dir: str | None, need_prompts: bool) -> MTBench
         qpath = str(layout.data_file(prepare_dir, "two_turn.jsonl"))
     questions = read_jsonl(qpath)[: mcfg.limit or None]
     ref_path = None
-    if mcfg.reference_answer_file or mcfg.source == "fastchat":
+    if mcfg.reference_answer_file or fastchat:
         try:
             ref_path = locate(mcfg, "reference")
         except ConfigError as e:  # graded without references, as FastChat's general prompt

@@ -108,9 +108,9 @@ def run(
 ) -> dict:
     """One coarse run; returns the stage's metrics plus timing and RM scores."""
     from omegaconf import OmegaConf
-    from test_coarse import coarse_cfg, make_ctx
 
     from c2f_exp.stages.coarse import CoarseStage
+    from tests.helpers.coarse import coarse_cfg, make_ctx
 
     cfg = coarse_cfg({"seed": seed}, schedule=schedule, micro=False)
     cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))

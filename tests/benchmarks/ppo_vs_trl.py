@@ -115,14 +115,13 @@ def trainer_for(d: Path, length: int, updates: int, prefix: str = "ours_"):
 
     sys.path.insert(0, str(ROOT / "tests"))
     sys.path.insert(0, str(ROOT))
-    from test_coarse import coarse_cfg
-
     from c2f_exp.rl import critic as cr
     from c2f_exp.rl.experience import make_reward_fn
     from c2f_exp.rl.length_schedules import build_schedule
     from c2f_exp.rl.ppo import build_kl_controller
     from c2f_exp.rl.reward_model import load_reward_model
     from c2f_exp.rl.trainer import CoarseTrainer
+    from tests.helpers.coarse import coarse_cfg
 
     over = {"steps": updates, "batch_size": BATCH, "minibatch_size": BATCH}
     over.update(ppo_epochs=EPOCHS, checkpoint_every=10**6, temperature=1.0, lr=3e-5)

@@ -1,0 +1,163 @@
+"""The coarse stage's test builders: config, micro world, stage context, trace, trainer.
+
+Used by tests/test_coarse.py (also the subprocess driver), test_gold_monitor.py and the other
+coarse tests; the `micro` fixture (tests/conftest.py) is `build_micro_world` once per session.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from tests.helpers import CONF, MICRO
+
+
+def coarse_cfg(
+    overrides: dict | None = None,
+    schedule: str = "continuous_max",
+    distributed: str = "none",
+    micro: bool = True,
+) -> DictConfig:
+    """Root config with the coarse, length_schedule and distributed groups (as wired later)."""
+    from c2f_exp.config import C2FConfig
+    from c2f_exp.rl.coarse_config import CoarseConf, DistributedConf
+    from c2f_exp.rl.config import LengthScheduleConf
+
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(C2FConfig),
+        {
+            "model": {"name": "tiny", "arch": {"max_position_embeddings": 256 if micro else 512}},
+            "data": {"name": "tinyworld"},
+            "tracker": {"backend": "none"},
+            "paths": {"root_dir": "/tmp", "output_dir": "/tmp", "cache_dir": "/tmp"},
+        },
+    )
+    OmegaConf.set_struct(cfg, False)
+    for key, cls, path in (
+        ("coarse", CoarseConf, "coarse/tinyworld"),
+        ("length_schedule", LengthScheduleConf, f"length_schedule/{schedule}"),
+        ("distributed", DistributedConf, f"distributed/{distributed}"),
+    ):
+        cfg[key] = OmegaConf.merge(
+            OmegaConf.structured(cls), OmegaConf.load(CONF / f"{path}.yaml")
+        )
+    use_micro, micro = (
+        micro,
+        {
+            "coarse": {
+                "steps": 3,
+                "batch_size": 8,
+                "minibatch_size": 4,
+                "ppo_epochs": 2,
+                "eval_prompts": 4,
+                "checkpoint_every": 2,
+            },
+            "length_schedule": {"l_min": 8, "l_max": 24},
+        },
+    )
+    return OmegaConf.merge(cfg, micro if use_micro else {}, overrides or {})
+
+
+def build_micro_world(root: Path) -> dict:
+    """A 12-entity world, tokenizer, random tiny base and reward model. Returns `upstream`."""
+    from transformers import AutoModelForSequenceClassification
+
+    from c2f_exp.tinyworld import data, models
+    from c2f_exp.tinyworld.tokenizer import train_tokenizer
+    from c2f_exp.tinyworld.world import generate_world
+
+    world = generate_world(0, 12, 0.3)
+    docs = data.pretraining_corpus(world, 40, 1)
+    tok = train_tokenizer(docs, world.vocabulary())
+    arch = SimpleNamespace(**MICRO)
+    base = models.build_model(tok, arch, 0)
+    prep = root / "prepare"
+    (prep / "data").mkdir(parents=True)
+    base.save_pretrained(prep / "base")
+    tok.save_pretrained(prep / "base")
+    (prep / "world.json").write_text(world.to_json())
+    rows = data.ppo_prompts(world, world.entities)
+    (prep / "data" / "ppo_prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    torch.manual_seed(1)
+    rm = AutoModelForSequenceClassification.from_pretrained(prep / "base", num_labels=1)
+    rm.config.pad_token_id = tok.pad_token_id
+    rm.save_pretrained(root / "reward" / "model")
+    tok.save_pretrained(root / "reward" / "model")
+    return {"prepare": {"path": str(prep)}, "reward": {"path": str(root / "reward")}}
+
+
+def make_ctx(cfg: DictConfig, upstream: dict, run: Path, work: Path):
+    from c2f_exp.stages import StageContext
+    from c2f_exp.tracking import Tracker
+
+    run.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    tracker = Tracker(OmegaConf.create({"backend": "none"}), run, {}, "test", "test")
+    tracker.stage("coarse", run / "coarse")
+    return SimpleNamespace(
+        ctx=StageContext(cfg, run, run / "coarse", work, tracker, dict(upstream)), tracker=tracker
+    )
+
+
+def read_trace(out: Path) -> list[dict]:
+    with open(out / "length_trace.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _trainer(
+    micro: dict,
+    tmp: Path,
+    reward_fn,
+    over: dict | None = None,
+    critic: str = "reward",
+    gold_source=None,
+):
+    """A CoarseTrainer on the micro world; `gold_source(prompts, rollout)` adds a gold monitor."""
+    from transformers import AutoTokenizer
+
+    from c2f_exp.rl import critic as cr
+    from c2f_exp.rl.gold_sources import GoldMonitor
+    from c2f_exp.rl.length_schedules import build_schedule
+    from c2f_exp.rl.ppo import build_kl_controller
+    from c2f_exp.rl.trainer import CoarseTrainer
+
+    cfg = coarse_cfg({"coarse": over or {}})
+    c = cfg.coarse
+    base = str(Path(micro["prepare"]["path"]) / "base")
+    rm = str(Path(micro["reward"]["path"]) / "model")
+    tok = AutoTokenizer.from_pretrained(base)
+    acc = cr.build_accelerator(cfg.distributed, c)
+    torch.manual_seed(0)
+    model = cr.ActorCritic(
+        cr.load_policy(base, torch.float32, False), cr.load_critic(critic, rm, base, torch.float32)
+    )
+    rows = [
+        json.loads(x)
+        for x in (Path(micro["prepare"]["path"]) / "data" / "ppo_prompts.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    logged: list[tuple[dict, int]] = []
+    monitor = GoldMonitor(gold_source, c, lambda t: t) if gold_source else None
+    tr = CoarseTrainer(
+        c,
+        acc,
+        model,
+        cr.load_frozen(base, "causal", torch.float32),
+        reward_fn,
+        build_schedule(cfg.length_schedule),
+        build_kl_controller("fixed", c.kl_coef, None, 1),
+        tok,
+        [r["prompt"] for r in rows],
+        "<s> ",
+        tmp,
+        lambda m, s: logged.append((m, s)),
+        0,
+        monitor=monitor,
+    )
+    return tr, tok, logged
