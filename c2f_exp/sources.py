@@ -126,7 +126,7 @@ class TinyWorldSource(DataSource):
         return out[0], out[1]
 
     def validate_model(self, cfg: Any) -> None:
-        if not isinstance(source_for(cfg), TinyWorldSource):
+        if not source_for(cfg).reads_prepare:  # the data must be the tiny world's own
             raise bad_value(
                 "data.source",
                 cfg.data.source,
@@ -156,7 +156,7 @@ class TinyWorldSource(DataSource):
 
     def validate_reward(self, cfg: Any) -> None:
         r = cfg.reward
-        if not isinstance(source_for(cfg, "model.source"), TinyWorldSource) and not r.path:
+        if not source_for(cfg, "model.source").builds_models and not r.path:
             raise bad_value(
                 "reward.source",
                 r.source,

@@ -173,7 +173,7 @@ def combine(model: Any, rm_scores: torch.Tensor, ids: torch.Tensor, mask: torch.
     dev = next(lm.parameters()).device
     names = head.get("features", TOKEN_FEATURES)  # a head fitted before sentence features
     ends = head.get("sentence_ends") if any(n in SENTENCE_FEATURES for n in names) else None
-    f = features(lm, ids.to(dev), mask.to(dev), ends).cpu()[:, : len(names)]
+    f = features(lm, ids.to(dev), mask.to(dev), ends).cpu()  # the columns of `names`
     w = torch.tensor(head["weights"])
     z = (f - torch.tensor(head["mean"])) / torch.tensor(head["scale"])
     return w[0] * rm_scores.float().cpu() + z @ w[1:]
