@@ -181,6 +181,11 @@ TABLE = [
     ("bad_option", ["merger=foo"], "merger=foo is not an option of config group merger*dare"),
     ("bad_experiment", ["+experiment=nope"], "experiment=nope is not an option*mistral_c2f"),
     ("wrong_type", ["model.pretrain.steps=many"], "model.pretrain.steps:*'many'*Integer"),
+    (
+        "knowledge_sentences",
+        ["reward.knowledge.sentences=maybe"],
+        "reward.knowledge.sentences:*'maybe' is not a valid bool",
+    ),
     ("bad_syntax", ["stages=[prepare"], "cannot parse override 'stages=[prepare'"),
     ("coef_nan", ["merger.coefficient=nan"], "merger.coefficient must be finite*(got nan)"),
     ("coef_inf", ["merger.coefficient=inf"], "merger.coefficient must be finite*(got inf)"),
