@@ -67,6 +67,8 @@ traceback, and no stage artifact in the cache (it failed before anything trained
 |    |                                             | (pytorch_model.bin); ... safetensors only |
 | 47 | `paths.cache_dir=<a file>/cache` | paths.cache_dir=... is not a writable directory |
 |    |                                  | (NotADirectoryError: ...); set paths.cache_dir=... |
+| 48 | `reward.knowledge.sentences=maybe` | reward.knowledge.sentences: Value 'maybe' is not |
+|    |                                    | a valid bool ... |
 
 Not covered here (their checks live in modules owned elsewhere; see the issue-12 note): a reward
 model whose tokenizer differs from the policy's, malformed preference/prompt JSONL of hub-style
@@ -181,11 +183,6 @@ TABLE = [
     ("bad_option", ["merger=foo"], "merger=foo is not an option of config group merger*dare"),
     ("bad_experiment", ["+experiment=nope"], "experiment=nope is not an option*mistral_c2f"),
     ("wrong_type", ["model.pretrain.steps=many"], "model.pretrain.steps:*'many'*Integer"),
-    (
-        "knowledge_sentences",
-        ["reward.knowledge.sentences=maybe"],
-        "reward.knowledge.sentences:*'maybe' is not a valid bool",
-    ),
     ("bad_syntax", ["stages=[prepare"], "cannot parse override 'stages=[prepare'"),
     ("coef_nan", ["merger.coefficient=nan"], "merger.coefficient must be finite*(got nan)"),
     ("coef_inf", ["merger.coefficient=inf"], "merger.coefficient must be finite*(got inf)"),
@@ -288,6 +285,11 @@ TABLE = [
         "cache_not_dir",
         lambda p: [f"paths.cache_dir={p['afile']}/cache"],
         "paths.cache_dir=*is not a writable directory (NotADirectoryError",
+    ),
+    (
+        "knowledge_sentences",
+        ["reward.knowledge.sentences=maybe"],
+        "reward.knowledge.sentences:*'maybe' is not a valid bool",
     ),
 ]
 
