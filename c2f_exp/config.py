@@ -88,7 +88,7 @@ class ModelConf:
     instruct: ModelSpec = field(default_factory=ModelSpec)
     arch: ArchConf = field(default_factory=ArchConf)
     pretrain: TrainConf = field(default_factory=_pretrain)  # causal-LM pretraining (tiny)
-    sft: TrainConf = field(default_factory=lambda: TrainConf(steps=150))  # short-answer SFT
+    sft: TrainConf = field(default_factory=lambda: TrainConf(steps=300, lr=3e-4))  # short-answer SFT
 
 
 @dataclass
@@ -100,6 +100,7 @@ class WorldConf:
     p_prompt: float = 0.5
     p_explain: float = 0.3
     sft_per_entity: int = 6
+    sft_dialogues_per_entity: int = 4
     pref_per_entity: int = 8
     eval_max_new_tokens: int = 48
 

@@ -153,6 +153,10 @@ class TinyWorldSource(DataSource):
                 "data.world.heldout_fraction", w.heldout_fraction, "strictly between 0 and 1"
             )
         check_positive("data.world.n_docs", w.n_docs)
+        if w.sft_dialogues_per_entity < 0:
+            raise bad_value(
+                "data.world.sft_dialogues_per_entity", w.sft_dialogues_per_entity, "a number >= 0"
+            )
 
     def validate_reward(self, cfg: Any) -> None:
         r = cfg.reward

@@ -63,6 +63,10 @@ def build_tiny_world(cfg: DictConfig, ctx: StageContext, out: Path) -> dict[str,
     )
     layout.data_file(out, "corpus.txt").write_text("\n".join(docs) + "\n")
     sft_rows = data.instructions(world, world.train_entities, w_cfg.seed + 2, w_cfg.sft_per_entity)
+    single_turn = len(sft_rows)  # the tokenizer and the train-split quality check read these
+    sft_rows += data.dialogues(
+        world, world.train_entities, w_cfg.seed + 8, w_cfg.sft_dialogues_per_entity
+    )
     held_rows = data.instructions(world, world.heldout_entities, w_cfg.seed + 3, 3)
     files = {
         "sft_train.jsonl": sft_rows,
@@ -86,7 +90,8 @@ def build_tiny_world(cfg: DictConfig, ctx: StageContext, out: Path) -> dict[str,
     ctx.tracker.log({**sizes, "data/corpus_docs": len(docs)})
 
     tok = train_tokenizer(
-        [*docs, *(f"{r['prompt']} {r['completion']}" for r in sft_rows)], world.vocabulary()
+        [*docs, *(f"{r['prompt']} {r['completion']}" for r in sft_rows[:single_turn])],
+        world.vocabulary(),
     )
     torch.manual_seed(seed)
     base = models.build_model(tok, cfg.model.arch, seed)

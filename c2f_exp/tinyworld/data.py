@@ -78,6 +78,43 @@ def instructions(world: World, entities: list[str], seed: int, per_entity: int =
     return rows
 
 
+def dialogues(world: World, entities: list[str], seed: int, per_entity: int = 4) -> list[dict]:
+    """Two-turn SFT dialogues: a short first answer, then a second turn that builds on it.
+
+    Rows are {"history": [turn 1, answer 1], "prompt": turn 2, "completion", "entity", "kind"}.
+    Turn 2 alternates between "tell me more" (1-3 facts not stated in answer 1) and "why <fact>
+    ?" (the fact's explained form), the two categories of the two-turn set: an instruct model
+    that never saw a second turn is not a chat model (before: instruct turn 2 rated 1.5 of 10).
+    """
+    rng = random.Random(seed)
+    attrs = [a.name for a in ATTRIBUTES]
+    rows = []
+    for e in entities:
+        for j in range(per_entity):
+            first = rng.sample(attrs, rng.randint(1, 3))
+            answer1 = " ".join(f"{world.clause(e, a)} ." for a in first)
+            if j % 2 == 0:
+                kind, prompt = "more", MORE_TEMPLATE.format(e=e)
+                rest = [a for a in attrs if a not in first]
+                more = rng.sample(rest, rng.randint(1, min(3, len(rest))))
+                completion = " ".join(f"{world.clause(e, a)} ." for a in more)
+            else:
+                attr = rng.choice(CAUSED)
+                kind, prompt = "why", WHY_TEMPLATE.format(clause=world.clause(e, attr))
+                completion = f"{world.explained(e, attr)} ."
+            rows.append(
+                {
+                    "history": [PROMPT_TEMPLATE.format(e=e), answer1],
+                    "prompt": prompt,
+                    "completion": completion,
+                    "entity": e,
+                    "kind": kind,
+                }
+            )
+    rng.shuffle(rows)
+    return rows
+
+
 def _answer(
     world: World,
     e: str,

@@ -102,14 +102,22 @@ def sft(
     workdir: Path,
     seed: int,
 ) -> list[dict]:
-    """Supervised fine-tuning with TRL on chat-formatted prompt-completion pairs."""
+    """Supervised fine-tuning with TRL on chat-formatted prompt-completion pairs.
+
+    A row's optional `history` ([user, assistant, ...]) goes before its prompt; the loss is on
+    the last assistant turn only.
+    """
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
+
+    def prompt(r: dict) -> list[dict]:
+        turns = [*r.get("history", ()), r["prompt"]]  # user, assistant, ..., user
+        return [{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(turns)]
 
     ds = Dataset.from_list(
         [
             {
-                "prompt": [{"role": "user", "content": r["prompt"]}],
+                "prompt": prompt(r),
                 "completion": [{"role": "assistant", "content": r["completion"]}],
             }
             for r in rows
