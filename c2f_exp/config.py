@@ -88,7 +88,8 @@ class ModelConf:
     instruct: ModelSpec = field(default_factory=ModelSpec)
     arch: ArchConf = field(default_factory=ArchConf)
     pretrain: TrainConf = field(default_factory=_pretrain)  # causal-LM pretraining (tiny)
-    sft: TrainConf = field(default_factory=lambda: TrainConf(steps=300, lr=3e-4))  # short-answer SFT
+    # short-answer and two-turn SFT (tiny)
+    sft: TrainConf = field(default_factory=lambda: TrainConf(steps=300, lr=3e-4))
 
 
 @dataclass

@@ -69,6 +69,8 @@ traceback, and no stage artifact in the cache (it failed before anything trained
 |    |                                  | (NotADirectoryError: ...); set paths.cache_dir=... |
 | 48 | `reward.knowledge.sentences=maybe` | reward.knowledge.sentences: Value 'maybe' is not |
 |    |                                    | a valid bool ... |
+| 49 | `data.world.sft_dialogues_per_entity=-1` | data.world.sft_dialogues_per_entity must be |
+|    |                                          | a number >= 0 (got -1) |
 
 Not covered here (their checks live in modules owned elsewhere; see the issue-12 note): a reward
 model whose tokenizer differs from the policy's, malformed preference/prompt JSONL of hub-style
@@ -290,6 +292,11 @@ TABLE = [
         "knowledge_sentences",
         ["reward.knowledge.sentences=maybe"],
         "reward.knowledge.sentences:*'maybe' is not a valid bool",
+    ),
+    (
+        "sft_dialogues",
+        ["data.world.sft_dialogues_per_entity=-1"],
+        "data.world.sft_dialogues_per_entity must be a number >= 0 (got -1)",
     ),
 ]
 

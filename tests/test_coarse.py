@@ -300,7 +300,13 @@ def test_stage_writes_actor_trace_and_plot(micro, tmp_path):
     cfg = coarse_cfg(
         {
             "coarse": {"steps": 3},
-            "length_schedule": {"l_min": 8, "l_max": 24, "rate": 1.0, "trunc_min": 0.0},
+            "length_schedule": {
+                "l_min": 8,
+                "l_max": 24,
+                "rate": 1.0,
+                "trunc_min": 0.0,
+                "gate_on": "advantage",
+            },
         }
     )
     h = make_ctx(cfg, micro, tmp_path / "run", tmp_path / "work")
@@ -319,7 +325,9 @@ def test_stage_writes_actor_trace_and_plot(micro, tmp_path):
         "gate",
         "truncation_rate",
         "mean_response_length",
+        "advantage0",
     } <= set(trace[0])
+    assert all(math.isfinite(float(r["advantage0"])) and 0 <= float(r["gate"]) <= 1 for r in trace)
     limits = [int(r["limit"]) for r in trace]
     assert limits[0] == 8 and limits == sorted(limits) and limits[-1] <= 24
     actor = AutoModelForCausalLM.from_pretrained(out / "actor")

@@ -111,6 +111,27 @@ def test_cm_grows_despite_rounding_where_rounded_state_would_freeze():
     assert s.limit > 16
 
 
+def test_cm_advantage_gate_by_hand():
+    """gate_on=advantage: z = mean A / s_A; R and V do not enter."""
+    s = ContinuousMaxSchedule(16, 128, rate=0.5, trunc_min=None, multiple=8, gate_on="advantage")
+    s.update(LengthStats(0, 2.0, 2.0, 0.5, rewards=[0.0, 9.0], advantages=[1.0, 3.0]))
+    # s_A = std(1, 3) = 1 (the rewards are not observed); z = 2 / (1 + 1e-6)
+    assert s.last["s_R"] == pytest.approx(1.0)
+    assert s.last["z"] == pytest.approx(2 / (1 + 1e-6))
+    assert s.last["gate"] == pytest.approx(_sigmoid(2 / (1 + 1e-6)))
+    # the same batch under the default signal: R - V = 0 -> gate 1/2
+    d = ContinuousMaxSchedule(16, 128, rate=0.5, trunc_min=None, multiple=8)
+    d.update(LengthStats(0, 2.0, 2.0, 0.5, rewards=[0.0, 9.0], advantages=[1.0, 3.0]))
+    assert d.last["gate"] == pytest.approx(0.5)
+    # negative advantages close the gate towards 0; non-finite ones are left out
+    s.update(LengthStats(1, 2.0, 0.0, 0.5, [0.0], advantages=[-3.0, float("nan"), -5.0]))
+    # s_A = std(1, 3, -3, -5) = sqrt(10); z = -4 / sqrt(10)
+    assert s.last["z"] == pytest.approx(-4 / math.sqrt(10), rel=1e-5)
+    assert s.last["gate"] == pytest.approx(_sigmoid(-4 / math.sqrt(10)), rel=1e-5)
+    with pytest.raises(ValueError, match="gate_on=advantage needs"):
+        s.update(LengthStats(2, 1.0, 0.0, 0.5, [1.0]))
+
+
 def test_cm_truncation_gate():
     s = ContinuousMaxSchedule(16, 128, rate=0.5, kappa=1.0, trunc_min=0.05, multiple=8)
     s.update(LengthStats(0, 5.0, 0.0, truncation_rate=0.04, rewards=[4.0, 6.0]))
@@ -231,6 +252,7 @@ def test_state_of_another_schedule_is_refused():
         ("continuous_max", {"kappa": -1.0}, "length_schedule.kappa"),
         ("continuous_max", {"rate": None}, "length_schedule.rate"),
         ("continuous_max", {"trunc_min": 1.5}, "length_schedule.trunc_min"),
+        ("continuous_max", {"gate_on": "r_minus_v"}, "length_schedule.gate_on"),
         ("continuous_max", {"multiple": 0}, "length_schedule.multiple"),
         ("fixed", {"l_max": 0}, "length_schedule.l_max"),
         ("linear", {"steps": 0}, "length_schedule.steps"),

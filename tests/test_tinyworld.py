@@ -22,6 +22,7 @@ def _all_data(w: World, seed: int) -> str:
         w.to_json(),
         data.pretraining_corpus(w, 50, seed),
         data.instructions(w, w.train_entities, seed),
+        data.dialogues(w, w.train_entities, seed, 2),
         data.ppo_prompts(w, w.entities),
         data.preference_pairs(w, w.train_entities, seed, 2),
         data.fact_pairs(w, seed),
@@ -147,3 +148,46 @@ def test_answer_quality_reports_gold_total_and_explanations(world, monkeypatch):
     assert q["explained_per_answer"] == pytest.approx(0.5)
     assert q["gold_total_per_answer"] == pytest.approx((2.5 + 0.75) / 2)
     assert (q["eos_rate"], q["mean_new_tokens"]) == (0.5, 25)
+
+
+def test_dialogues_build_on_the_first_answer(world):
+    """Turn 2 of an SFT dialogue adds facts answer 1 did not state, or states the asked cause."""
+    from c2f_exp.tinyworld.world import MORE_TEMPLATE, PROMPT_TEMPLATE
+
+    scorer, cause = GoldScorer(world), {a.name: a.cause for a in ATTRIBUTES}
+    rows = data.dialogues(world, world.train_entities, 5, per_entity=4)
+    assert len(rows) == 4 * len(world.train_entities)
+    assert {r["entity"] for r in rows} == set(world.train_entities)
+    assert {r["kind"] for r in rows} == {"more", "why"}
+    for r in rows:
+        e, (turn1, answer1) = r["entity"], r["history"]
+        assert turn1 == PROMPT_TEMPLATE.format(e=e)
+        s1 = scorer.score(answer1, e)
+        assert 1 <= s1.correct <= 3 and s1.wrong == s1.repeats == 0
+        if r["kind"] == "more":
+            assert r["prompt"] == MORE_TEMPLATE.format(e=e)
+            both = scorer.score(f"{answer1} {r['completion']}", e)
+            # every fact of turn 2 is new and true: the joint answer has no repeat, no error
+            assert both.correct > s1.correct and both.wrong == both.repeats == 0
+        else:
+            asked = [a for a in cause if cause[a] and r["prompt"] == f"why {world.clause(e, a)} ?"]
+            assert len(asked) == 1
+            assert r["completion"] == f"{world.explained(e, asked[0])} ."
+            assert world.clause(e, cause[asked[0]]) in r["completion"]
+
+
+def test_sft_conversation_puts_the_history_first(world):
+    """A dialogue row becomes user/assistant/user turns, rendered by the chat template."""
+    from c2f_exp.tinyworld.models import conversation
+
+    tok = train_tokenizer(["tell me about the owl . it is red ."], world.vocabulary())
+    row = {"history": ["tell me about the owl .", "it is red ."], "prompt": "why ?"}
+    row["completion"] = "x"
+    conv = conversation(row)
+    assert [m["role"] for m in conv["prompt"]] == ["user", "assistant", "user"]
+    text = tok.apply_chat_template(conv["prompt"], tokenize=False, add_generation_prompt=True)
+    want = "<s> [INST] tell me about the owl . [/INST] it is red . </s> [INST] why ? [/INST]"
+    assert text == want
+    single = conversation({"prompt": "tell me about the owl .", "completion": "it is red ."})
+    assert single["prompt"] == [{"role": "user", "content": "tell me about the owl ."}]
+    assert single["completion"] == [{"role": "assistant", "content": "it is red ."}]

@@ -25,6 +25,7 @@ class LengthScheduleConf:
     kappa: float | None = 1.0  # continuous_max: gate steepness on z = (R - V) / s_R
     trunc_min: float | None = 0.05  # continuous_max: grow only if >= this share truncated
     eps: float = 1e-6  # continuous_max: keeps z finite while s_R is 0
+    gate_on: str | None = "reward_minus_value"  # continuous_max: z from R - V or the advantage
     steps: int | None = None  # linear: iterations of the l_min -> l_max ramp
     boundaries: list[int] | None = None  # step: iterations at which the limit steps up
     limits: list[int] | None = None  # step: one more limit than boundaries

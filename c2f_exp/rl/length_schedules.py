@@ -7,6 +7,8 @@ monotone non-decreasing. Schedule state is part of the PPO checkpoint (`state_di
 Continuous Maximization (our reading of Mistral-C2F, DESIGN §2.1):
 
     z_t = (R_t - V_t) / (s_R + eps)          # returns beat the critic's expectation
+        (gate_on=advantage: z_t = mean_i A_i / (s_A + eps), A_i the unwhitened GAE advantage
+         at sample i's first response token, s_A the running std of the A_i)
     g_t = sigmoid(kappa z_t);  g_t = 0 if trunc_t < trunc_min
     l(t) = l(t-1) + rate g_t l(t-1) (1 - l(t-1) / l_max)      # logistic growth
     limit = clamp(round_to(l(t), multiple), l_min, l_max)
@@ -40,6 +42,8 @@ class LengthStats:
     value_mean: V_t, mean critic value at the first response position.
     truncation_rate: share of responses that hit the limit in force without EOS.
     rewards: per-sample scores of the batch (for the running std s_R); None -> reward_mean.
+    advantages: per-sample unwhitened GAE advantages at the first response token (KL penalty
+        included), for `gate_on=advantage`.
     """
 
     step: int
@@ -47,6 +51,7 @@ class LengthStats:
     value_mean: float
     truncation_rate: float
     rewards: list[float] | None = None
+    advantages: list[float] | None = None
 
 
 def round_to(x: float, multiple: int) -> int:
@@ -154,6 +159,9 @@ class ContinuousMaxSchedule(LengthSchedule):
 
     s_R is the running standard deviation of all per-sample rewards seen so far (Welford).
     A batch with a non-finite R_t or V_t does not grow the limit and is left out of s_R.
+    `gate_on="advantage"` gates on the batch's mean unwhitened advantage over its running std
+    instead (the variant the paper's formula leaves open: R - V ignores the KL penalty the
+    critic learns to expect; the advantage includes it).
     """
 
     name = "continuous_max"
@@ -167,6 +175,7 @@ class ContinuousMaxSchedule(LengthSchedule):
         trunc_min: float | None = None,
         multiple: int = 1,
         eps: float = 1e-6,
+        gate_on: str = "reward_minus_value",
     ):
         self.l_min, self.l_max = _bounds(l_min, l_max)
         self.multiple = _int_ge1("multiple", multiple)
@@ -175,14 +184,18 @@ class ContinuousMaxSchedule(LengthSchedule):
                 raise bad_value(f"{KEY}.{key}", v, "a finite number > 0")
         if trunc_min is not None and not 0 <= trunc_min <= 1:
             raise bad_value(f"{KEY}.trunc_min", trunc_min, "null or within [0, 1]")
+        if gate_on not in GATE_SIGNALS:
+            raise bad_value(f"{KEY}.gate_on", gate_on, "one of " + ", ".join(GATE_SIGNALS))
         self.rate, self.kappa, self.eps, self.trunc_min = rate, kappa, eps, trunc_min
+        self.gate_on = gate_on
         self.length = float(self.l_min)  # unrounded l(t)
         self._n, self._mean, self._m2 = 0, 0.0, 0.0  # Welford accumulators of the rewards
         super().__init__(self.l_min)
 
     @property
     def reward_std(self) -> float:
-        """s_R: running (population) standard deviation of the rewards seen so far."""
+        """s_R: running (population) standard deviation of the rewards seen so far (of the
+        advantages with gate_on=advantage)."""
         return math.sqrt(self._m2 / self._n) if self._n else 0.0
 
     def _observe(self, xs: list[float]) -> None:
@@ -204,9 +217,17 @@ class ContinuousMaxSchedule(LengthSchedule):
                 "length": self.length,
             }
             return self.limit
-        self._observe(list(stats.rewards) if stats.rewards is not None else [r])
+        if self.gate_on == "advantage":
+            if stats.advantages is None:
+                raise ValueError("length_schedule.gate_on=advantage needs LengthStats.advantages")
+            adv = [a for a in stats.advantages if math.isfinite(a)]
+            self._observe(adv)
+            signal = sum(adv) / len(adv) if adv else 0.0
+        else:
+            self._observe(list(stats.rewards) if stats.rewards is not None else [r])
+            signal = r - v
         s = self.reward_std
-        z = (r - v) / (s + self.eps)
+        z = signal / (s + self.eps)
         gate = 1.0 / (1.0 + math.exp(-max(min(self.kappa * z, 500.0), -500.0)))
         if self.trunc_min is not None and stats.truncation_rate < self.trunc_min:
             gate = 0.0
@@ -229,6 +250,8 @@ class ContinuousMaxSchedule(LengthSchedule):
         self.length, self._n = float(d["length"]), int(d["n"])
         self._mean, self._m2 = float(d["mean"]), float(d["m2"])
 
+
+GATE_SIGNALS = ("reward_minus_value", "advantage")
 
 SCHEDULES: dict[str, type[LengthSchedule]] = {
     "fixed": FixedSchedule,

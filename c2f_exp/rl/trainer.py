@@ -145,6 +145,7 @@ class CoarseTrainer:
         upd = self.ppo_update(exp, perm0, head)
         per_seq = {"value": exp.values[:, 0], "trunc": ro.truncated, "len": ro.lengths}
         per_seq.update(kl=exp.kl.sum(1), seq_reward=exp.seq_rewards)
+        per_seq["adv0"] = exp.returns[:, 0] - exp.values[:, 0]  # unwhitened first-token advantage
         g = {k: self.acc.gather(v.float()).cpu() for k, v in per_seq.items()}
         red = {k: self.acc.reduce(torch.tensor(v, device=dev), "mean") for k, v in upd.items()}
         upd = {k: float(v) for k, v in red.items()}
@@ -157,7 +158,8 @@ class CoarseTrainer:
         row = {"step": step, "limit": limit, "reward": r_mean, "value": v_mean}
         row.update(kl_coef=self.kl_ctl.value, kl=g["kl"].mean().item())
         self.kl_ctl.update(row["kl"], c.batch_size)
-        stats = LengthStats(step, r_mean, v_mean, trunc, all_scores.tolist())
+        stats = LengthStats(step, r_mean, v_mean, trunc, all_scores.tolist(), g["adv0"].tolist())
+        row["advantage0"] = g["adv0"].mean().item()
         row["next_limit"] = self.schedule.update(stats)
         last = self.schedule.last
         row.update(gate=last.get("gate", float("nan")), z=last.get("z", float("nan")))

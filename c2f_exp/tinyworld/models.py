@@ -94,6 +94,14 @@ def pretrain(
     return trainer.state.log_history
 
 
+def conversation(row: dict) -> dict[str, list[dict[str, str]]]:
+    """TRL's conversational prompt-completion form of an SFT row; a row's optional `history`
+    ([user, assistant, ...]) goes before its prompt."""
+    turns = [*row.get("history", ()), row["prompt"]]  # user, assistant, ..., user
+    prompt = [{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(turns)]
+    return {"prompt": prompt, "completion": [{"role": "assistant", "content": row["completion"]}]}
+
+
 def sft(
     model: MistralForCausalLM,
     tok: PreTrainedTokenizerFast,
@@ -102,27 +110,12 @@ def sft(
     workdir: Path,
     seed: int,
 ) -> list[dict]:
-    """Supervised fine-tuning with TRL on chat-formatted prompt-completion pairs.
-
-    A row's optional `history` ([user, assistant, ...]) goes before its prompt; the loss is on
-    the last assistant turn only.
-    """
+    """Supervised fine-tuning with TRL on chat-formatted prompt-completion pairs (`conversation`);
+    the loss is on the last assistant turn only."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    def prompt(r: dict) -> list[dict]:
-        turns = [*r.get("history", ()), r["prompt"]]  # user, assistant, ..., user
-        return [{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(turns)]
-
-    ds = Dataset.from_list(
-        [
-            {
-                "prompt": prompt(r),
-                "completion": [{"role": "assistant", "content": r["completion"]}],
-            }
-            for r in rows
-        ]
-    )
+    ds = Dataset.from_list([conversation(r) for r in rows])
     args = SFTConfig(
         **_common_args(tcfg, workdir, seed),
         max_length=tcfg.block_size,
