@@ -269,7 +269,7 @@ def test_optuna_merge_search_returns_the_objective(tmp_path, shared_cache):
         pytest.param(
             "seeds", ["seed=0,1", "stages=[prepare,reward,coarse]"], 2, marks=pytest.mark.slow
         ),
-        ("merge_coefficient", ["merger.filter=none", "stages=[prepare,reward,coarse,merge]"], 8),
+        ("merge_coefficient", ["merger.filter=none", "stages=[prepare,reward,coarse,merge]"], 9),
     ],
 )
 def test_each_sweep_runs_its_one_line_at_micro(tmp_path, shared_cache, name, extra, jobs):

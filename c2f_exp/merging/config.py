@@ -51,7 +51,7 @@ class MergerConf:
     coarse: str | None = None  # null: <coarse artifact>/actor from the coarse stage
     # lambda: a number, or a list of anchors interpolated over depth (mergekit's gradient).
     # OUR default (the paper gives none), measured in conf/merger/knowledge_residue.yaml.
-    coefficient: Any = field(default_factory=lambda: [1.5, 0.5])
+    coefficient: Any = field(default_factory=lambda: [1.0, 0.0])
     filter: MergeFilter = MergeFilter.none  # knowledge_residue only
     density: float = 1.0  # magnitude filter / ties trimming: fraction of entries kept
     drop_p: float = 0.0  # dare filter / dare method: drop probability (rescale 1/(1-p))
