@@ -123,7 +123,7 @@ def test_mismatch_policies(trio, tmp_path, policy):
     sd["model.embed_tokens.weight"] = torch.randn(70, 32)
     del sd["model.layers.0.mlp.up_proj.weight"]
     save_file(sd, odd / "model.safetensors")
-    cfg = make_cfg(on_mismatch=policy, **{**trio, "coarse": str(odd)})
+    cfg = make_cfg(on_mismatch=policy, coefficient=1.0, **{**trio, "coarse": str(odd)})
     if policy == "error":
         with pytest.raises(C2FError, match=r"embed_tokens.*shape.*on_mismatch"):
             MergeStage().preflight(cfg)
