@@ -51,10 +51,19 @@ def pretraining_corpus(
     return docs
 
 
+def _some_attributes(rng: random.Random, k_max: int = 3) -> list[str]:
+    """1..k_max distinct attribute names."""
+    return rng.sample([a.name for a in ATTRIBUTES], rng.randint(1, k_max))
+
+
+def _facts(world: World, e: str, attrs: list[str]) -> str:
+    """One true sentence per attribute: "<clause> . <clause> ."."""
+    return " ".join(f"{world.clause(e, a)} ." for a in attrs)
+
+
 def short_answer(world: World, e: str, rng: random.Random, k_max: int = 3) -> str:
     """A concise, correct answer of 1..k_max facts: the instruct model's style."""
-    attrs = rng.sample([a.name for a in ATTRIBUTES], rng.randint(1, k_max))
-    return " ".join(f"{world.clause(e, a)} ." for a in attrs)
+    return _facts(world, e, _some_attributes(rng, k_max))
 
 
 def instructions(world: World, entities: list[str], seed: int, per_entity: int = 6) -> list[dict]:
@@ -91,20 +100,19 @@ def dialogues(world: World, entities: list[str], seed: int, per_entity: int = 4)
     rows = []
     for e in entities:
         for j in range(per_entity):
-            first = rng.sample(attrs, rng.randint(1, 3))
-            answer1 = " ".join(f"{world.clause(e, a)} ." for a in first)
+            first = _some_attributes(rng)
             if j % 2 == 0:
                 kind, prompt = "more", MORE_TEMPLATE.format(e=e)
                 rest = [a for a in attrs if a not in first]
                 more = rng.sample(rest, rng.randint(1, min(3, len(rest))))
-                completion = " ".join(f"{world.clause(e, a)} ." for a in more)
+                completion = _facts(world, e, more)
             else:
                 attr = rng.choice(CAUSED)
                 kind, prompt = "why", WHY_TEMPLATE.format(clause=world.clause(e, attr))
                 completion = f"{world.explained(e, attr)} ."
             rows.append(
                 {
-                    "history": [PROMPT_TEMPLATE.format(e=e), answer1],
+                    "history": [PROMPT_TEMPLATE.format(e=e), _facts(world, e, first)],
                     "prompt": prompt,
                     "completion": completion,
                     "entity": e,
