@@ -128,6 +128,10 @@ def test_cm_advantage_gate_by_hand():
     # s_A = std(1, 3, -3, -5) = sqrt(10); z = -4 / sqrt(10)
     assert s.last["z"] == pytest.approx(-4 / math.sqrt(10), rel=1e-5)
     assert s.last["gate"] == pytest.approx(_sigmoid(-4 / math.sqrt(10)), rel=1e-5)
+    # no finite advantage: no growth, and s_A is left as it was
+    before = (s.length, s.last["s_R"])
+    s.update(LengthStats(2, 1.0, 0.0, 0.5, [1.0], advantages=[float("nan")]))
+    assert (s.length, s.last["s_R"]) == before and s.last["gate"] == 0.0
     with pytest.raises(ValueError, match="gate_on=advantage needs"):
         s.update(LengthStats(2, 1.0, 0.0, 0.5, [1.0]))
 

@@ -158,7 +158,8 @@ class ContinuousMaxSchedule(LengthSchedule):
     """Continuous Maximization: logistic growth gated by (R_t - V_t) / s_R (module docstring).
 
     s_R is the running standard deviation of all per-sample rewards seen so far (Welford).
-    A batch with a non-finite R_t or V_t does not grow the limit and is left out of s_R.
+    A batch with a non-finite R_t - V_t (or no finite advantage) does not grow the limit and is
+    left out of s_R.
     `gate_on="advantage"` gates on the batch's mean unwhitened advantage over its running std
     instead (the variant the paper's formula leaves open: R - V ignores the KL penalty the
     critic learns to expect; the advantage includes it).
@@ -206,9 +207,19 @@ class ContinuousMaxSchedule(LengthSchedule):
                 self._mean += d / self._n
                 self._m2 += d * (x - self._mean)
 
+    def _signal(self, stats: LengthStats) -> tuple[float, list[float]]:
+        """The gate's signal for this batch and the samples its running std observes."""
+        if self.gate_on == "advantage":
+            if stats.advantages is None:
+                raise ValueError("length_schedule.gate_on=advantage needs LengthStats.advantages")
+            adv = [a for a in stats.advantages if math.isfinite(a)]
+            return (sum(adv) / len(adv) if adv else NAN), adv
+        r = stats.reward_mean
+        return r - stats.value_mean, list(stats.rewards) if stats.rewards is not None else [r]
+
     def _next(self, stats: LengthStats) -> int:
-        r, v = stats.reward_mean, stats.value_mean
-        if not (math.isfinite(r) and math.isfinite(v)):
+        signal, samples = self._signal(stats)
+        if not math.isfinite(signal):
             self.last = {
                 "gate": 0.0,
                 "z": NAN,
@@ -217,15 +228,7 @@ class ContinuousMaxSchedule(LengthSchedule):
                 "length": self.length,
             }
             return self.limit
-        if self.gate_on == "advantage":
-            if stats.advantages is None:
-                raise ValueError("length_schedule.gate_on=advantage needs LengthStats.advantages")
-            adv = [a for a in stats.advantages if math.isfinite(a)]
-            self._observe(adv)
-            signal = sum(adv) / len(adv) if adv else 0.0
-        else:
-            self._observe(list(stats.rewards) if stats.rewards is not None else [r])
-            signal = r - v
+        self._observe(samples)
         s = self.reward_std
         z = signal / (s + self.eps)
         gate = 1.0 / (1.0 + math.exp(-max(min(self.kappa * z, 500.0), -500.0)))
