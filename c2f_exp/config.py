@@ -72,12 +72,15 @@ class TrainConf:
     block_size: int = 128
     warmup_steps: int = 10
     adam_beta2: float = 0.999
+    # a checkpoint every N steps (and at the end) in the stage's work dir; a killed prepare
+    # resumes from it (trainer_resume.py). 0: none
+    save_steps: int = 100
 
 
 def _pretrain() -> TrainConf:
     # adam_beta2 0.95 vs 0.999: leaves the recall plateau earlier and more reliably (one seed:
     # held-out true-vs-false 92% at step 500, 100% at 800; 0.999: 70% and 94%)
-    return TrainConf(steps=1000, lr=5e-3, warmup_steps=30, adam_beta2=0.95)
+    return TrainConf(steps=1000, lr=5e-3, warmup_steps=30, adam_beta2=0.95, save_steps=250)
 
 
 @dataclass

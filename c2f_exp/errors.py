@@ -23,6 +23,14 @@ def check_choice(key: str, value: object, choices: tuple[str, ...]) -> None:
         raise bad_value(key, value, "one of " + ", ".join(choices))
 
 
+def check_save_steps(key: str, value: object) -> None:
+    """A trainer's checkpoint interval: an integer >= 0 (0: no checkpoints)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise bad_value(
+            key, value, "an integer >= 0", "steps between checkpoints; 0 turns them off"
+        )
+
+
 def check_positive(key: str, value: object) -> None:
     """Raise `bad_value` unless `value` is a number > 0 (None included)."""
     if value is None or not value > 0:  # type: ignore[operator]

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from c2f_exp import layout
-from c2f_exp.errors import ConfigError, bad_value, check_positive
+from c2f_exp.errors import ConfigError, bad_value, check_positive, check_save_steps
 
 ROLES = ("base", "instruct")  # the models a run starts from
 HH_ROLES = {"user": "Human", "assistant": "Assistant"}  # HH-RLHF's transcript speakers
@@ -145,6 +145,7 @@ class TinyWorldSource(DataSource):
         for phase in ("pretrain", "sft"):
             for k in ("steps", "lr", "batch_size", "block_size"):
                 check_positive(f"model.{phase}.{k}", cfg.model[phase][k])
+            check_save_steps(f"model.{phase}.save_steps", cfg.model[phase].save_steps)
         w = cfg.data.world
         if w.n_entities < 4:
             raise bad_value("data.world.n_entities", w.n_entities, ">= 4")

@@ -71,6 +71,9 @@ traceback, and no stage artifact in the cache (it failed before anything trained
 |    |                                    | a valid bool ... |
 | 49 | `data.world.sft_dialogues_per_entity=-1` | data.world.sft_dialogues_per_entity must be |
 |    |                                          | a number >= 0 (got -1) |
+| 50 | `model.pretrain.save_steps=-1` | model.pretrain.save_steps must be an integer >= 0 (got |
+|    |                                | -1); steps between checkpoints; 0 turns them off |
+| 51 | `reward.train.save_steps=-5` | reward.train.save_steps must be an integer >= 0 (got -5) |
 
 Not covered here (their checks live in modules owned elsewhere; see the issue-12 note): a reward
 model whose tokenizer differs from the policy's, malformed preference/prompt JSONL of hub-style
@@ -297,6 +300,16 @@ TABLE = [
         "sft_dialogues",
         ["data.world.sft_dialogues_per_entity=-1"],
         "data.world.sft_dialogues_per_entity must be a number >= 0 (got -1)",
+    ),
+    (
+        "pretrain_save_steps",
+        ["model.pretrain.save_steps=-1"],
+        "model.pretrain.save_steps must be an integer >= 0 (got -1); steps between checkpoints",
+    ),
+    (
+        "reward_save_steps",
+        ["reward.train.save_steps=-5"],
+        "reward.train.save_steps must be an integer >= 0 (got -5)",
     ),
 ]
 

@@ -209,7 +209,7 @@ MICRO = ["debug=micro", "tracker=none"]
 # stage -> (kill point, the stages already in the scenario's cache)
 POINTS = {
     "prepare": ("transformers:Trainer.training_step:5", []),
-    "reward": ("transformers:Trainer.training_step:1", ["prepare"]),
+    "reward": ("transformers:Trainer.training_step:2", ["prepare"]),
     "coarse_rollout": ("c2f_exp.rl.trainer:CoarseTrainer.run_step:3", ["prepare", "reward"]),
     "coarse_update": ("c2f_exp.rl.trainer:CoarseTrainer.ppo_update:3", ["prepare", "reward"]),
     "merge": ("c2f_exp.merging.io:ShardWriter.write:4", ["prepare", "reward", "coarse"]),
@@ -264,6 +264,8 @@ def test_kill_at_any_point_then_rerun_loses_nothing(point, baseline, tmp_path):
         f"stage {mine['seconds']:.1f}s (uninterrupted {ref['seconds']:.1f}s), "
         f"resumed={resumed}"
     )
+    if stage in ("prepare", "reward", "coarse"):  # they checkpoint (debug=micro: save_steps)
+        assert resumed, (rerun.stdout + rerun.stderr)[-3000:]
     if stage == "merge":  # deterministic: byte-identical weights
         a, b = Path(mine["path"]), Path(ref["path"])
         assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()

@@ -31,6 +31,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
         "c2f_exp.cache",
         "c2f_exp.model_card",
         "c2f_exp.tracking",
+        "c2f_exp.trainer_resume",
     ),
     1: (  # leaves on the foundations: the embedded world; tables and plots of finished runs
         "c2f_exp.tinyworld",

@@ -7,7 +7,13 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from c2f_exp.errors import ConfigError, bad_value, check_choice, check_positive
+from c2f_exp.errors import (
+    ConfigError,
+    bad_value,
+    check_choice,
+    check_positive,
+    check_save_steps,
+)
 from c2f_exp.sources import SOURCES as _SOURCES
 from c2f_exp.sources import get_source
 
@@ -33,6 +39,9 @@ class RewardTrainConf:
     center_rewards_coefficient: float | None = 0.01  # keeps scores near 0 (Eisenstein 2023)
     bf16: bool = False
     gradient_checkpointing: bool = False
+    # a checkpoint every N optimizer steps (and at the end) in the stage's work dir; a killed
+    # reward stage resumes training from it (trainer_resume.py). 0: none
+    save_steps: int = 50
 
 
 @dataclass
@@ -130,6 +139,7 @@ def validate_reward(cfg: Any) -> None:
     for k in ("epochs", "lr", "batch_size", "grad_accum", "max_length"):
         check_positive(f"reward.train.{k}", r.train[k])
     check_positive("reward.eval_batch_size", r.eval_batch_size)
+    check_save_steps("reward.train.save_steps", r.train.save_steps)
     for k in ("max_train_pairs", "max_test_pairs"):
         if r[k] is not None:
             check_positive(f"reward.{k}", r[k])

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from c2f_exp import trainer_resume
 from c2f_exp.errors import C2FError, ConfigError
 from c2f_exp.rl import knowledge_reward as knowledge
 
@@ -248,7 +249,7 @@ def train_reward_model(
         use_cpu=not torch.cuda.is_available(),
         activation_checkpointing=tcfg.gradient_checkpointing,
         report_to=[],
-        save_strategy="no",
+        **trainer_resume.checkpoint_args(tcfg.save_steps),
         logging_steps=5,
         seed=seed,
         disable_tqdm=False,
@@ -260,7 +261,7 @@ def train_reward_model(
             f"every preference pair is longer than "
             f"reward.train.max_length={tcfg.max_length} tokens; raise it"
         )
-    trainer.train()
+    trainer_resume.train(trainer, "reward model training")
     return trainer.state.log_history
 
 

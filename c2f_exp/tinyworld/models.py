@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
 
+from c2f_exp import trainer_resume
+
 log = logging.getLogger(__name__)
 
 
@@ -58,7 +60,7 @@ def _common_args(tcfg: Any, out: Path, seed: int) -> dict[str, Any]:
         weight_decay=0.0,
         max_steps=tcfg.steps,
         logging_steps=max(1, tcfg.steps // 20),
-        save_strategy="no",
+        **trainer_resume.checkpoint_args(getattr(tcfg, "save_steps", 0)),
         report_to=[],
         use_cpu=True,
         bf16=False,
@@ -90,7 +92,7 @@ def pretrain(
     trainer = Trainer(
         model=model, args=TrainingArguments(**_common_args(tcfg, workdir, seed)), train_dataset=ds
     )
-    trainer.train()
+    trainer_resume.train(trainer, "pretraining")
     return trainer.state.log_history
 
 
@@ -123,5 +125,5 @@ def sft(
         packing=False,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
-    trainer.train()
+    trainer_resume.train(trainer, "SFT")
     return trainer.state.log_history
