@@ -187,15 +187,18 @@ class HubSource(DataSource):
 
     def check_data(self, cfg: Any) -> None:
         from c2f_exp import hub
+        from c2f_exp.rl.preferences import check_hh_file
 
         for key in ("preference_dataset", "prompt_dataset"):
             if cfg.data.hub[key]:
-                hub.resolve_dataset(cfg.data.hub[key], f"data.hub.{key}")
+                ref = hub.resolve_dataset(cfg.data.hub[key], f"data.hub.{key}")
+                check_hh_file(ref, f"data.hub.{key}")
 
     def check_reward_data(self, r: Any) -> None:
         from c2f_exp import hub
+        from c2f_exp.rl.preferences import check_hh_file
 
-        hub.resolve_dataset(r.dataset, "reward.dataset")
+        check_hh_file(hub.resolve_dataset(r.dataset, "reward.dataset"), "reward.dataset")
 
     def model_refs(self, cfg: Any) -> dict[str, str]:
         from c2f_exp import hub

@@ -74,10 +74,14 @@ traceback, and no stage artifact in the cache (it failed before anything trained
 | 50 | `model.pretrain.save_steps=-1` | model.pretrain.save_steps must be an integer >= 0 (got |
 |    |                                | -1); steps between checkpoints; 0 turns them off |
 | 51 | `reward.train.save_steps=-5` | reward.train.save_steps must be an integer >= 0 (got -5) |
+| 52 | mistral_c2f, `data.hub.preference_dataset=<a .jsonl cut off in line 2>` |
+|    | data.hub.preference_dataset=... line 2 is not JSON (...); each line must be |
+|    | {"chosen": "...", "rejected": "..."} (HH-RLHF transcripts) |
+| 53 | mistral_c2f, `reward.dataset=<a .jsonl whose rows have no chosen>` |
+|    | reward.dataset=... line 1 has no chosen or rejected; each line must be ... |
 
-Not covered here (their checks live in modules owned elsewhere; see the issue-12 note): a reward
-model whose tokenizer differs from the policy's, malformed preference/prompt JSONL of hub-style
-data sets.
+Not covered here (its check lives in a module owned elsewhere; see the issue-12 note): a reward
+model whose tokenizer differs from the policy's.
 """
 
 from __future__ import annotations
@@ -136,8 +140,16 @@ def paths(tmp_path_factory) -> dict[str, str]:
     prompt = {"name": "single-v1", "prompt_template": "{question}", "system_prompt": ""}
     (root / "prompts.jsonl").write_text(json.dumps(prompt) + "\n")
     (root / "afile").write_text("not a directory")
+    hh = {
+        "chosen": "\n\nHuman: hi\n\nAssistant: hello",
+        "rejected": "\n\nHuman: hi\n\nAssistant: no",
+    }
+    (root / "hh_good.jsonl").write_text(json.dumps(hh) + "\n")
+    (root / "hh_badjson.jsonl").write_text(json.dumps(hh) + '\n{"chosen": "\\n\\nHuman: a\n')
+    (root / "hh_nochosen.jsonl").write_text(json.dumps({"prompt": "a", "response": "b"}) + "\n")
     p.update({k: str(root / k) for k in ("empty", "pickle", "truncated", "shapes", "vocab")})
     p.update({k: str(root / f"{k}.jsonl") for k in ("q_badjson", "q_noturns", "prompts")})
+    p.update({k: str(root / f"{k}.jsonl") for k in ("hh_good", "hh_badjson", "hh_nochosen")})
     p.update(missing=str(root / "missing"), afile=str(root / "afile"))
     return p
 
@@ -300,6 +312,29 @@ TABLE = [
         "sft_dialogues",
         ["data.world.sft_dialogues_per_entity=-1"],
         "data.world.sft_dialogues_per_entity must be a number >= 0 (got -1)",
+    ),
+    (
+        "hh_preferences_badjson",
+        lambda p: [
+            "+experiment=mistral_c2f",
+            f"model.base.path={p['trio_base']}",
+            f"model.instruct.path={p['trio_instruct']}",
+            f"data.hub.prompt_dataset={p['hh_good']}",
+            f"data.hub.preference_dataset={p['hh_badjson']}",
+        ],
+        "data.hub.preference_dataset=*hh_badjson.jsonl line 2 is not JSON (*); each line must be",
+    ),
+    (
+        "hh_reward_no_chosen",
+        lambda p: [
+            "+experiment=mistral_c2f",
+            f"model.base.path={p['trio_base']}",
+            f"model.instruct.path={p['trio_instruct']}",
+            f"data.hub.prompt_dataset={p['hh_good']}",
+            f"data.hub.preference_dataset={p['hh_good']}",
+            f"reward.dataset={p['hh_nochosen']}",
+        ],
+        "reward.dataset=*hh_nochosen.jsonl line 1 has no chosen or rejected; each line must be",
     ),
     (
         "pretrain_save_steps",

@@ -202,6 +202,33 @@ def test_gold_agreement_by_hand(monkeypatch):
     assert m["gold_agreement_gap1"] == pytest.approx(1 / 4)  # gaps >= 1: only (0,1) agrees
 
 
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("", "has no rows"),
+        ("\n\n", "has no rows"),
+        ('{"chosen": "a", "rejected": "b"}\n[1, 2]\n', "line 2 has no chosen or rejected"),
+        ('{"chosen": "a"}\n', "line 1 has no rejected"),
+        ('{"chosen": "a", "rejected": 3}\n', "line 1: rejected is not a string"),
+        ('{"chosen": "a", "rejected": "b"}\n\n{"chosen": "a", "rej', "line 3 is not JSON ("),
+    ],
+)
+def test_a_malformed_hh_file_is_named_at_preflight(tmp_path, text, needle):
+    f = tmp_path / "prefs.jsonl"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=r"^reward\.dataset=") as e:
+        prefs.check_hh_file(str(f), "reward.dataset")
+    assert needle in str(e.value) and '{"chosen": "...", "rejected": "..."}' in str(e.value)
+
+
+def test_a_wellformed_hh_file_and_non_jsonl_refs_pass(tmp_path):
+    f = tmp_path / "prefs.jsonl"
+    f.write_text('{"chosen": "a", "rejected": "b", "extra": 1}\n\n')
+    prefs.check_hh_file(str(f), "reward.dataset")
+    prefs.check_hh_file("Anthropic/hh-rlhf", "reward.dataset")  # a hub id: left to datasets
+    prefs.check_hh_file(str(tmp_path), "reward.dataset")  # a directory: left to datasets
+
+
 def test_hh_transcripts_become_chat_pairs(tmp_path):
     conv = "\n\nHuman: hi there\n\nAssistant: hello\n\nHuman: tell me a joke\n\nAssistant: "
     rows = [
