@@ -56,12 +56,16 @@ def train(trainer: Any, what: str) -> Any:
 
     A checkpoint at the end of training (its state says global_step >= max_steps) is loaded and
     not trained on: transformers' resume would run one more optimizer step before it notices
-    that the run is over."""
+    that the run is over (when max_steps ends mid-epoch). Under DeepSpeed or FSDP the engine
+    loads its own shards, so there the resume is left to transformers."""
     args = trainer.args
     last = last_checkpoint(args.output_dir) if args.save_strategy != "no" else None
     if last:
         state = json.loads((Path(last) / "trainer_state.json").read_text())
-        if 0 < state.get("max_steps", 0) <= state.get("global_step", 0):
+        sharded = getattr(trainer, "is_deepspeed_enabled", False) or getattr(
+            trainer, "is_fsdp_enabled", False
+        )
+        if not sharded and 0 < state.get("max_steps", 0) <= state.get("global_step", 0):
             from transformers import TrainerState
 
             log.info("%s: finished before; its weights are loaded from %s", what, last)
