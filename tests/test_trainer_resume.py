@@ -69,6 +69,8 @@ def test_killed_pretraining_resumes_to_the_uninterrupted_weights(
 ):
     _, docs, tok = world_tok
     ref = _pretrain(tok, docs, tmp_path / "ref", save_steps=2)
+    # writing checkpoints does not change the training: the same weights as with none
+    _same_weights(_pretrain(tok, docs, tmp_path / "none", save_steps=0), ref)
     with monkeypatch.context() as m:
         _interrupt_at(m, 5)  # checkpoint-4 is on disk, step 5 dies
         with pytest.raises(Interrupted):
