@@ -40,6 +40,8 @@ VARIANTS: dict[str, dict] = {
     "bt_last + knowledge, token features": {"knowledge": {"sentences": False}},
     "bt_last + knowledge + sentences (default)": {},
     "bt_last + defects + knowledge + sentences": {"defects": {"enabled": True}},
+    "bt_last + knowledge + sentences, 2 rounds": {"rounds": 2},
+    "bt_last + knowledge + sentences, 6 layers": {"arch": {"num_layers": 6}},
 }
 COLS = (
     ("held-out", "gold_agreement"),
