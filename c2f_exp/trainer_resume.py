@@ -2,10 +2,11 @@
 pretraining and SFT, the reward model).
 
 The trainers write their checkpoints into the stage's work dir (the pipeline keeps it when a
-build fails or is killed, DESIGN §5); a rerun of the same command finds the newest complete
-checkpoint there and continues from it with the optimizer, scheduler, RNG state and data
-position restored (transformers' own `resume_from_checkpoint`). A trainer that had finished
-resumes from its final checkpoint and trains no further. `save_steps: 0` turns checkpoints off.
+build fails or is killed: DESIGN §4 "Nothing lost"); a rerun of the same command finds the
+newest complete checkpoint there and continues from it with the optimizer, scheduler, RNG
+state and data position restored (transformers' own `resume_from_checkpoint`). A trainer that
+had finished is loaded from its final checkpoint and trains no further. `save_steps: 0` turns
+checkpoints off.
 """
 
 from __future__ import annotations
