@@ -13,14 +13,16 @@ and MT-Bench per run; nothing is asserted.
         [--out DIR]
 
 `--grid search` is the 27-merge grid of the README, `--grid heldout` the six merges checked on
-worlds the search did not see. Merges are written under `--out` (default: a temp dir) and kept
-there between calls, so a rerun only scores.
+worlds the search did not see. Merges are written under `--out` (default: a temp dir), one dir
+per run and recipe, and kept there between calls, so a rerun only scores.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import re
 import statistics as st
 import subprocess
 import sys
@@ -118,18 +120,22 @@ def score_run(run: Path, grid: dict[str, list[str]], out: Path) -> dict[str, dic
     prep, actor = Path(st_["prepare"]["path"]), Path(st_["coarse"]["path"]) / "actor"
     roles = [f"merger.base={prep / 'base'}", f"merger.instruct={prep / 'instruct'}"]
     roles.append(f"merger.coarse={actor}")
-    work = out / run.name
+    # one dir per run (two sweeps both have a job "1"), one merge dir per recipe (its overrides)
+    work = out / f"{run.name}-{hashlib.sha256(str(run).encode()).hexdigest()[:8]}"
     work.mkdir(parents=True, exist_ok=True)
     models = {"instruct": prep / "instruct", "coarse": actor}
     for i, args in enumerate(grid.values()):
-        merged, tag = work / f"m{i:02d}", f"m{i:02d}"
+        spec = " ".join(args)
+        tag = re.sub(r"[^A-Za-z0-9]+", "_", spec).strip("_")[:60]
+        tag += "-" + hashlib.sha256(spec.encode()).hexdigest()[:8]
+        merged = work / tag
         if not (merged / "model.safetensors").is_file():
             cache, rundir = f"paths.cache_dir={out / 'cache'}", f"hydra.run.dir={work / tag}-run"
             _cli(
                 ["stages=[merge]", *args, *roles, f"merger.output={merged}", cache, rundir],
                 work / f"{tag}.log",
             )
-        models[f"m{i:02d}"] = merged
+        models[f"m{i:02d}"] = merged  # eval names: short and unique within this grid
     over = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or []
     keep = [o for o in over if not o.startswith(("stages=", "hydra.", "eval.models", "tracker="))]
     spec = ",".join(f"{k}:{v}" for k, v in models.items())
