@@ -52,6 +52,7 @@ def test_prepare_micro_end_to_end(micro_run):
         "targets_met",
     ):
         assert k in metrics
+    assert isinstance(metrics["torch_threads"], int) and metrics["torch_threads"] >= 1
     assert 0.0 <= metrics["base/heldout_fact_preference"] <= 1.0
     lines = (micro_run / "run" / "prepare" / "metrics.jsonl").read_text().splitlines()
     assert any("pretrain/loss" in json.loads(x) for x in lines)

@@ -96,7 +96,13 @@ def build_tiny_world(cfg: DictConfig, ctx: StageContext, out: Path) -> dict[str,
     torch.manual_seed(seed)
     base = models.build_model(tok, cfg.model.arch, seed)
     n_params = sum(p.numel() for p in base.parameters())
-    log.info("tiny base: %d parameters, vocabulary %d", n_params, len(tok))
+    # CPU float sums depend on the thread count, so the trained weights do too: a joblib sweep
+    # job (1 thread per job on 2 cores) builds another world than `python -m c2f_exp` (2); with
+    # OMP_NUM_THREADS=1 a single run rebuilds a sweep job's world bit for bit (README)
+    threads = torch.get_num_threads()
+    log.info(
+        "tiny base: %d parameters, vocabulary %d, %d torch threads", n_params, len(tok), threads
+    )
     hist = models.pretrain(base, tok, docs, cfg.model.pretrain, ctx.work_dir / "pretrain", seed)
     _log_history(ctx, hist, "pretrain")
     base_dir = layout.stage_model_dir("prepare", out, "base")
@@ -106,6 +112,7 @@ def build_tiny_world(cfg: DictConfig, ctx: StageContext, out: Path) -> dict[str,
     scorer = GoldScorer(world)
     max_new = w_cfg.eval_max_new_tokens
     metrics: dict[str, Any] = {"params": n_params, "vocab_size": len(tok), **sizes}
+    metrics["torch_threads"] = threads
     metrics["base/heldout_fact_preference"] = quality.fact_preference(
         base, tok, files["fact_pairs_heldout.jsonl"]
     )
