@@ -1,15 +1,18 @@
 """Where things live, spelled once: the config tree and the files inside stage artifacts.
 
-A low module (it imports only the standard library and `c2f_exp.hub`): stages, rl/, merging/,
-evaluation/ and tinyworld/ all ask it, so the layout is never re-spelled upward.
+A low module (it imports only the standard library, `c2f_exp.hub` and `c2f_exp.errors`):
+stages, rl/, merging/, evaluation/ and tinyworld/ all ask it, so the layout is never re-spelled
+upward.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from c2f_exp.errors import ConfigError
 
 # -- the config tree --------------------------------------------------------------------------
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -91,6 +94,42 @@ def model_dir(cfg: Any, upstream: Mapping[str, Mapping[str, Any]], role: str) ->
 def read_jsonl(path: str | Path) -> list[dict]:
     """Rows of a JSON-lines file (blank lines skipped)."""
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def check_jsonl(
+    path: str | Path,
+    key: str,
+    fields: Mapping[str, type | tuple[type, ...]],
+    fix: str,
+    extra: Callable[[dict], list[str]] | None = None,
+) -> int:
+    """Read a user's JSON-lines file whole (streamed) at preflight: every non-blank line a JSON
+    object holding `fields` (name -> type), plus the fields `extra(row)` names as bad, and at
+    least one row. Returns the row count; else ConfigError `<key>=<path> line <n> is not valid
+    JSON (...) | lacks or mistypes <fields>; <fix>` (or `has no rows; <fix>`)."""
+    n = 0
+    with Path(path).open(encoding="utf-8", errors="replace") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{key}={path} line {i}"
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                msg = getattr(e, "msg", str(e))
+                raise ConfigError(f"{where} is not valid JSON ({msg}); {fix}") from None
+            ok = isinstance(row, dict)
+            bad = [
+                k for k, t in fields.items() if not ok or k not in row or not isinstance(row[k], t)
+            ]
+            if not bad and extra:
+                bad = extra(row)
+            if bad:
+                raise ConfigError(f"{where} lacks or mistypes {', '.join(bad)}; {fix}")
+            n += 1
+    if not n:
+        raise ConfigError(f"{key}={path} has no rows; {fix}")
+    return n
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:

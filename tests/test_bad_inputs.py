@@ -75,10 +75,10 @@ traceback, and no stage artifact in the cache (it failed before anything trained
 |    |                                | -1); steps between checkpoints; 0 turns them off |
 | 51 | `reward.train.save_steps=-5` | reward.train.save_steps must be an integer >= 0 (got -5) |
 | 52 | mistral_c2f, `data.hub.preference_dataset=<a .jsonl cut off in line 2>` |
-|    | data.hub.preference_dataset=... line 2 is not JSON (...); each line must be |
+|    | data.hub.preference_dataset=... line 2 is not valid JSON (...); each line must be |
 |    | {"chosen": "...", "rejected": "..."} (HH-RLHF transcripts) |
 | 53 | mistral_c2f, `reward.dataset=<a .jsonl whose rows have no chosen>` |
-|    | reward.dataset=... line 1 has no chosen or rejected; each line must be ... |
+|    | reward.dataset=... line 1 lacks or mistypes chosen, rejected; each line must be ... |
 
 Not covered here (its check lives in a module owned elsewhere; see the issue-12 note): a reward
 model whose tokenizer differs from the policy's.
@@ -322,7 +322,8 @@ TABLE = [
             f"data.hub.prompt_dataset={p['hh_good']}",
             f"data.hub.preference_dataset={p['hh_badjson']}",
         ],
-        "data.hub.preference_dataset=*hh_badjson.jsonl line 2 is not JSON (*); each line must be",
+        "data.hub.preference_dataset=*hh_badjson.jsonl line 2 is not valid JSON (*); "
+        "each line must be",
     ),
     (
         "hh_reward_no_chosen",
@@ -334,7 +335,8 @@ TABLE = [
             f"data.hub.preference_dataset={p['hh_good']}",
             f"reward.dataset={p['hh_nochosen']}",
         ],
-        "reward.dataset=*hh_nochosen.jsonl line 1 has no chosen or rejected; each line must be",
+        "reward.dataset=*hh_nochosen.jsonl line 1 lacks or mistypes chosen, rejected; "
+        "each line must be",
     ),
     (
         "pretrain_save_steps",

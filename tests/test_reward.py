@@ -207,10 +207,13 @@ def test_gold_agreement_by_hand(monkeypatch):
     [
         ("", "has no rows"),
         ("\n\n", "has no rows"),
-        ('{"chosen": "a", "rejected": "b"}\n[1, 2]\n', "line 2 has no chosen or rejected"),
-        ('{"chosen": "a"}\n', "line 1 has no rejected"),
-        ('{"chosen": "a", "rejected": 3}\n', "line 1: rejected is not a string"),
-        ('{"chosen": "a", "rejected": "b"}\n\n{"chosen": "a", "rej', "line 3 is not JSON ("),
+        (
+            '{"chosen": "a", "rejected": "b"}\n[1, 2]\n',
+            "line 2 lacks or mistypes chosen, rejected",
+        ),
+        ('{"chosen": "a"}\n', "line 1 lacks or mistypes rejected"),
+        ('{"chosen": "a", "rejected": 3}\n', "line 1 lacks or mistypes rejected"),
+        ('{"chosen": "a", "rejected": "b"}\n\n{"chosen": "a", "rej', "line 3 is not valid JSON ("),
     ],
 )
 def test_a_malformed_hh_file_is_named_at_preflight(tmp_path, text, needle):

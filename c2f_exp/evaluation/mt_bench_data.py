@@ -12,7 +12,6 @@ set (`data/two_turn.jsonl`); judge prompts are only needed by LLM judges.
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -56,37 +55,16 @@ def check_file(path: str | Path, what: str, key: str) -> int:
     Raises ConfigError naming the file, the line and the fix: a malformed file fails at
     preflight, not after lm-eval has run for an hour."""
     fields = _REQUIRED[what]
-    lines = Path(path).read_text(errors="replace").splitlines()
-    n = 0
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{key}={path} line {i}"
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise ConfigError(
-                f"{where} is not valid JSON ({e.msg}); the file must be JSON Lines, one "
-                "object per line, in FastChat's llm_judge layout"
-            ) from None
-        bad = [f for f, t in fields.items() if not isinstance(row, dict) or f not in row]
-        bad += [f for f, t in fields.items() if f not in bad and not isinstance(row[f], t)]
-        if (
-            not bad
-            and what == "question"
-            and not (row["turns"] and all(isinstance(t, str) for t in row["turns"]))
-        ):
-            bad = ["turns"]
-        if bad:
-            need = ", ".join(fields)
-            raise ConfigError(
-                f"{where} lacks or mistypes {', '.join(bad)}; every row needs {need} "
-                "(FastChat's llm_judge layout; turns: a non-empty list of strings)"
-            )
-        n += 1
-    if not n:
-        raise ConfigError(f"{key}={path} has no rows; point it at FastChat's {what} file")
-    return n
+    fix = (
+        f"every row needs {', '.join(fields)} (FastChat's llm_judge layout, JSON Lines, one "
+        "object per line; turns: a non-empty list of strings)"
+    )
+
+    def turns(row: dict) -> list[str]:
+        ok = row["turns"] and all(isinstance(t, str) for t in row["turns"])
+        return [] if ok else ["turns"]
+
+    return layout.check_jsonl(path, key, fields, fix, turns if what == "question" else None)
 
 
 def package_data_dir() -> Path | None:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from c2f_exp.errors import ConfigError
+from c2f_exp import layout
 from c2f_exp.rl.reward_model import EmptyPreferenceSetError, score_texts
 
 log = logging.getLogger(__name__)
@@ -56,36 +56,15 @@ def hh_to_turns(text: str) -> list[dict[str, str]] | None:
     return turns
 
 
-HH_FIELDS = ("chosen", "rejected")
-
-
 def check_hh_file(ref: str, key: str) -> None:
     """A local `.jsonl` preference/prompt file, read whole at preflight: every line a JSON
-    object with string `chosen` and `rejected` transcripts, and at least one row. Raises a
-    ConfigError naming `key`, the file and the first bad line. Hub ids, directories and other
+    object with string `chosen` and `rejected` transcripts, and at least one row (a
+    ConfigError naming `key`, the file and the first bad line). Hub ids, directories and other
     formats are left to `datasets`."""
     p = Path(ref)
-    if not (p.is_file() and p.suffix == ".jsonl"):
-        return
-    fix = 'each line must be {"chosen": "...", "rejected": "..."} (HH-RLHF transcripts)'
-    rows = 0
-    with p.open(encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                raise ConfigError(f"{key}={ref} line {n} is not JSON ({e}); {fix}") from None
-            missing = [k for k in HH_FIELDS if not isinstance(row, dict) or k not in row]
-            if missing:
-                raise ConfigError(f"{key}={ref} line {n} has no {' or '.join(missing)}; {fix}")
-            wrong = [k for k in HH_FIELDS if not isinstance(row[k], str)]
-            if wrong:
-                raise ConfigError(f"{key}={ref} line {n}: {wrong[0]} is not a string; {fix}")
-            rows += 1
-    if not rows:
-        raise ConfigError(f"{key}={ref} has no rows; {fix}")
+    if p.is_file() and p.suffix == ".jsonl":
+        fix = 'each line must be {"chosen": "...", "rejected": "..."} (HH-RLHF transcripts)'
+        layout.check_jsonl(p, key, {"chosen": str, "rejected": str}, fix)
 
 
 def hh_pairs(ref: str, split: str, limit: int | None) -> list[dict]:

@@ -60,7 +60,7 @@ def _common_args(tcfg: Any, out: Path, seed: int) -> dict[str, Any]:
         weight_decay=0.0,
         max_steps=tcfg.steps,
         logging_steps=max(1, tcfg.steps // 20),
-        **trainer_resume.checkpoint_args(getattr(tcfg, "save_steps", 0)),
+        **trainer_resume.checkpoint_args(tcfg.save_steps),
         report_to=[],
         use_cpu=True,
         bf16=False,
