@@ -2,7 +2,7 @@
 
 `conf/` stays at the top of the checkout (the README's layout); `conf/sweep` is a symlink to
 `sweeps/`, copied as real files. An installed `python -m c2f_exp` reads it through Hydra's
-`pkg://c2f_exp.conf` search path (`c2f_exp.layout.conf_dir`). Editable installs read `conf/`
+`pkg://c2f_exp.conf` search path (`c2f_exp.core.layout.conf_dir`). Editable installs read `conf/`
 in place, so nothing is copied for them. All other metadata is in pyproject.toml.
 """
 

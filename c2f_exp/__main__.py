@@ -11,7 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 from c2f_exp.config import register
-from c2f_exp.layout import hydra_config_path
+from c2f_exp.core.layout import hydra_config_path
 
 log = logging.getLogger("c2f_exp")
 register()
@@ -26,8 +26,9 @@ def _app(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from c2f_exp import cli_errors, secrets
-    from c2f_exp.errors import C2FError
+    from c2f_exp import cli_errors
+    from c2f_exp.core import secrets
+    from c2f_exp.core.errors import C2FError
     from c2f_exp.pipeline import run_pipeline
     from c2f_exp.sweeping import objective_value
 

@@ -15,7 +15,7 @@ import re
 import sys
 from typing import Any
 
-from c2f_exp.secrets import redact_text
+from c2f_exp.core.secrets import redact_text
 
 _state = {"job_started": False}
 _ENUM_ERROR = re.compile(r"Invalid value '(.*)', expected one of \[(.*)\]")
@@ -73,7 +73,7 @@ def one_line(ex: BaseException) -> str | None:
     if full_key and re.search(r"Key '[^']+' (is )?not in", ctext):
         return _unknown_key(full_key.group(1), ov.lstrip("+"))
     choice = _ENUM_ERROR.search(ctext or text)
-    if full_key and choice:  # a Choice-typed field (c2f_exp/choices.py): our own wording
+    if full_key and choice:  # a Choice-typed field (c2f_exp/core/choices.py): our own wording
         value, options = choice.groups()
         return f"{full_key.group(1)} must be one of {options} (got {value!r})"
     if full_key and cause is not None:

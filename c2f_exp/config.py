@@ -6,7 +6,7 @@ Where things are said once:
   (conf/config.yaml's defaults list) may restate a default beside its knob for the reader, never
   change it; other options (merger=ties, eval=general11, ...) hold only what they change.
   tests/test_schema_defaults.py fails on any YAML value that disagrees with its schema default.
-* Choices are `Choice` enums (c2f_exp/choices.py; OmegaConf has no `Literal`), so OmegaConf
+* Choices are `Choice` enums (c2f_exp/core/choices.py; OmegaConf has no `Literal`), so OmegaConf
   rejects a bad one at composition and cli_errors names the key and the options.
 * Cross-field rules (l_min <= l_max, a filter only for knowledge_residue, ...) run once, before
   any stage, from `validate()` (called by the pipeline and, for every job of a grid sweep, by
@@ -27,14 +27,14 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from c2f_exp.choices import DTYPES, DType, Source, choice  # noqa: F401  (DTYPES re-exported)
-from c2f_exp.errors import bad_value
+from c2f_exp.coarse.config import CoarseConf, DistributedConf
+from c2f_exp.coarse.schedule_config import LengthScheduleConf
+from c2f_exp.core.choices import DTYPES, DType, Source, choice  # noqa: F401  (DTYPES re-exported)
+from c2f_exp.core.errors import bad_value
+from c2f_exp.core.secrets import check_no_secret_keys
 from c2f_exp.evaluation.config import EvalConf
-from c2f_exp.merging.config import MergerConf
-from c2f_exp.rl.coarse_config import CoarseConf, DistributedConf
-from c2f_exp.rl.config import LengthScheduleConf
-from c2f_exp.rl.reward_config import RewardConf
-from c2f_exp.secrets import check_no_secret_keys
+from c2f_exp.merge.config import MergerConf
+from c2f_exp.reward.config import RewardConf
 from c2f_exp.sources import source_for
 
 STAGE_ORDER = ("prepare", "reward", "coarse", "merge", "eval")
@@ -246,10 +246,10 @@ def validate(cfg: DictConfig, implemented: tuple[str, ...]) -> None:
 
 def _validate_groups(cfg: DictConfig) -> None:
     """Each listed stage's own group checks (no I/O), before any stage runs."""
+    from c2f_exp.coarse.config import validate_coarse
     from c2f_exp.evaluation.config import validate_eval
-    from c2f_exp.merging.config import validate_merger
-    from c2f_exp.rl.coarse_config import validate_coarse
-    from c2f_exp.rl.reward_config import validate_reward
+    from c2f_exp.merge.config import validate_merger
+    from c2f_exp.reward.config import validate_reward
 
     checks = {
         "reward": lambda: validate_reward(cfg),

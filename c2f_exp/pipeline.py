@@ -1,4 +1,4 @@
-"""Run `cfg.stages` in order with artifact reuse and write manifest.json (DESIGN §4-5)."""
+"""Run `cfg.stages` in order with artifact reuse and write manifest.json (docs/method.md §4-5)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from c2f_exp import artifacts, cache, summary, sweeping
+from c2f_exp import sweeping
+from c2f_exp.analysis import summary
 from c2f_exp.config import validate
-from c2f_exp.secrets import redact_text
-from c2f_exp.stages import StageContext, registry
-from c2f_exp.tracking import RunIdentity, Tracker
+from c2f_exp.core import artifacts, cache
+from c2f_exp.core.secrets import redact_text
+from c2f_exp.core.tracking import RunIdentity, Tracker
+from c2f_exp.stages import Stage, StageContext
 
 log = logging.getLogger(__name__)
 RESULT = "result.json"
@@ -56,6 +58,20 @@ def _write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
     if _rank() == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         artifacts.write_json_atomic(run_dir / "manifest.json", manifest)
+
+
+def registry() -> dict[str, Stage]:
+    """name -> Stage, one per stage package (imported here, when a run needs them)."""
+    from c2f_exp.coarse.stage import CoarseStage
+    from c2f_exp.evaluation.stage import EvalStage
+    from c2f_exp.merge.stage import MergeStage
+    from c2f_exp.prepare.stage import PrepareStage
+    from c2f_exp.reward.stage import RewardStage
+
+    return {
+        s.name: s
+        for s in (PrepareStage(), RewardStage(), CoarseStage(), MergeStage(), EvalStage())
+    }
 
 
 def _run_stages(
@@ -174,7 +190,7 @@ def _has_files(d: Path) -> bool:
 
 
 def _entry(name: str, status: str, art: Path, key: str, seconds: float, metrics: dict) -> dict:
-    """One manifest.json entry (DESIGN §5)."""
+    """One manifest.json entry (docs/method.md §5)."""
     return {
         "stage": name,
         "status": status,

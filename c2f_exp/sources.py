@@ -3,7 +3,7 @@
 Two sources, one registry keyed by the config choice:
 
 * `TinyWorldSource` (`tinyworld`): everything is built by the `prepare` stage -- the world, its
-  data files (`<prepare artifact>/data/`, c2f_exp/layout.py) and the tiny `base` / `instruct`
+  data files (`<prepare artifact>/data/`, c2f_exp/core/layout.py) and the tiny `base` / `instruct`
   models -- and the tiny world's gold scorer knows every prompt.
 * `HubSource` (`hub`): models by path or hub id, HH-RLHF-style data sets, FastChat's MT-Bench
   questions; no gold scorer.
@@ -17,10 +17,11 @@ A source is stateless, so one instance per choice serves every key.
 Callers ask a source for data (`ppo_prompts`, `preference_pairs`, `model_refs`), run its checks
 (`check_models`, `check_data`, `check_reward_data` at preflight; `validate_model`,
 `validate_reward` before any stage) or read what it can do (`builds_models`, `reads_prepare`,
-`has_gold_scorer`); they never compare its name (tests/test_sources.py checks stages/, rl/,
-evaluation/ and config.py).
-Layer 2 (beside rl/, evaluation/): it reads `rl.preferences` for hub pairs, so rl/ modules
-other than that one, evaluation/, config.py and the stages may import it (tests/test_layers.py).
+`has_gold_scorer`); they never compare its name (tests/test_sources.py checks every stage
+package and config.py).
+Layer 2 (beside the stage packages' parts): it reads `reward.preferences` for hub pairs, so any
+stage part other than that one, config.py and the stage modules may import it
+(tests/test_layers.py).
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ import functools
 from pathlib import Path
 from typing import Any, ClassVar
 
-from c2f_exp import layout
-from c2f_exp.errors import ConfigError, bad_value, check_positive, check_save_steps
+from c2f_exp.core import layout
+from c2f_exp.core.errors import ConfigError, bad_value, check_positive, check_save_steps
 
 ROLES = ("base", "instruct")  # the models a run starts from
 HH_ROLES = {"user": "Human", "assistant": "Assistant"}  # HH-RLHF's transcript speakers
@@ -102,7 +103,7 @@ class TinyWorldSource(DataSource):
     def preference_pairs(self, r: Any, prepared: Path | None) -> tuple[list[dict], list[dict]]:
         """prepare's data/preferences_*.jsonl; the BT margin is `reward.train.margin_scale`
         times the gold difference the file records."""
-        from c2f_exp.rl.preferences import require_pairs
+        from c2f_exp.reward.preferences import require_pairs
 
         out = []
         for split, limit in (("train", r.max_train_pairs), ("test", r.max_test_pairs)):
@@ -179,15 +180,15 @@ class HubSource(DataSource):
         return {"hub_data": cfg.data.hub}
 
     def check_models(self, cfg: Any) -> None:
-        from c2f_exp import hub
+        from c2f_exp.core import hub
 
         for role in ROLES:
             spec, key = cfg.model[role], f"model.{role}.path"
             hub.check_local_weights(hub.resolve_model(spec.path, key, spec.revision), key)
 
     def check_data(self, cfg: Any) -> None:
-        from c2f_exp import hub
-        from c2f_exp.rl.preferences import check_hh_file
+        from c2f_exp.core import hub
+        from c2f_exp.reward.preferences import check_hh_file
 
         for key in ("preference_dataset", "prompt_dataset"):
             if cfg.data.hub[key]:
@@ -195,21 +196,21 @@ class HubSource(DataSource):
                 check_hh_file(ref, f"data.hub.{key}")
 
     def check_reward_data(self, r: Any) -> None:
-        from c2f_exp import hub
-        from c2f_exp.rl.preferences import check_hh_file
+        from c2f_exp.core import hub
+        from c2f_exp.reward.preferences import check_hh_file
 
         check_hh_file(hub.resolve_dataset(r.dataset, "reward.dataset"), "reward.dataset")
 
     def model_refs(self, cfg: Any) -> dict[str, str]:
-        from c2f_exp import hub
+        from c2f_exp.core import hub
 
         m = cfg.model
         return {r: hub.resolve_model(m[r].path, f"model.{r}.path", m[r].revision) for r in ROLES}
 
     def ppo_prompts(self, cfg: Any, prepared: Path | None) -> Prompts:
         """HH-RLHF transcripts (`data.hub.prompt_dataset`): the base model continues them."""
-        from c2f_exp import hub
-        from c2f_exp.rl.preferences import hh_pairs
+        from c2f_exp.core import hub
+        from c2f_exp.reward.preferences import hh_pairs
 
         ref = hub.resolve_dataset(cfg.data.hub.prompt_dataset, "data.hub.prompt_dataset")
         turns = [r["prompt"] for r in hh_pairs(ref, cfg.data.hub.prompt_split, None)]
@@ -220,7 +221,7 @@ class HubSource(DataSource):
         return texts, turns, [], f"data.hub.prompt_dataset={ref}"
 
     def preference_pairs(self, r: Any, prepared: Path | None) -> tuple[list[dict], list[dict]]:
-        from c2f_exp.rl.preferences import hub_pairs
+        from c2f_exp.reward.preferences import hub_pairs
 
         return hub_pairs(r)
 

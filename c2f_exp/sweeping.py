@@ -20,10 +20,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from c2f_exp.overrides import ALIASES, short_name  # noqa: F401  (re-exported)
-from c2f_exp.overrides import parse as _parse
-from c2f_exp.secrets import redact_text, scrub_yaml
-from c2f_exp.tracking import RunIdentity
+from c2f_exp.core.overrides import ALIASES, short_name  # noqa: F401  (re-exported)
+from c2f_exp.core.overrides import parse as _parse
+from c2f_exp.core.secrets import redact_text, scrub_yaml
+from c2f_exp.core.tracking import RunIdentity
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class SweepCallback(Callback):
             log.info("sweep: %d jobs composed and validated in %.1fs", n, time.time() - t0)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from c2f_exp import compare
+        from c2f_exp.analysis import compare
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
         scrub_yaml(sweep_dir / "multirun.yaml")  # each job scrubs it too; this catches the rest

@@ -78,7 +78,7 @@ def tiny_mistral_config(**kw):
 @pytest.fixture
 def torch_one_thread():
     """Tiny models run faster on one torch thread (much faster on shared, busy cores)."""
-    from c2f_exp.evaluation.models import torch_threads
+    from c2f_exp.evaluation.lineup import torch_threads
 
     with torch_threads(1):
         yield

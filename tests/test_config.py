@@ -6,8 +6,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from c2f_exp.config import validate
-from c2f_exp.errors import ConfigError
-from c2f_exp.stages import registry
+from c2f_exp.core.errors import ConfigError
+from c2f_exp.pipeline import registry
 from tests.conftest import CONF
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -133,7 +133,7 @@ def test_stage_order_is_enforced(compose):
 )
 def test_plus_prefixed_typos_are_refused(compose, override, named, hint):
     from c2f_exp.config import STAGE_ORDER, validate
-    from c2f_exp.errors import ConfigError
+    from c2f_exp.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=f"^{named} must be a key of the config schema"):
         validate(compose([override]), STAGE_ORDER)
@@ -150,7 +150,7 @@ def test_free_form_dicts_stay_open(compose):
 @pytest.mark.parametrize("objective", ["fine/mt_bench/average", "merge/residue_l2"])
 def test_sweep_objective_must_name_a_stage_of_the_run(compose, objective):
     from c2f_exp.config import STAGE_ORDER, validate
-    from c2f_exp.errors import ConfigError
+    from c2f_exp.core.errors import ConfigError
 
     # no <stage>/ prefix; a stage this run does not have
     cfg = compose([f"sweep.objective={objective}", "stages=[prepare,reward,coarse]"])

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from c2f_exp import layout
+from c2f_exp.core import layout
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +57,7 @@ def _files(root: Path) -> set[Path]:
 
 def test_built_package_composes_from_pkg_conf(build_lib, tmp_path):
     script = (
-        "import c2f_exp.layout as l\n"
+        "import c2f_exp.core.layout as l\n"
         "assert l.conf_dir() == l.PACKAGED_CONF, l.conf_dir()\n"
         "assert l.hydra_config_path() == 'pkg://c2f_exp.conf'\n"
         "from hydra import compose, initialize_config_dir\n"

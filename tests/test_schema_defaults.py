@@ -28,7 +28,7 @@ FREE_FORM_DICTS = {
     "sweep.vars",
 }
 
-# Known drift in files owned by the speed work (rl/*.py, conf/coarse/); each entry
+# Known drift in files owned by the speed work (coarse/*.py, conf/coarse/); each entry
 # is removed with its fix (reported in issue 13's note). key -> (schema default, YAML value).
 ALLOWED_DRIFT: dict[str, tuple[Any, Any]] = {}  # none left: an entry needs a reason beside it
 
@@ -91,7 +91,7 @@ def test_choices_read_as_plain_strings(compose):
     """Enum members behave as their value wherever code or hashing reads them."""
     import json
 
-    from c2f_exp.artifacts import config_hash
+    from c2f_exp.core.artifacts import config_hash
 
     cfg = compose(["merger.out_dtype=bfloat16"])
     assert cfg.merger.out_dtype == "bfloat16" and f"{cfg.tracker.mode}" == "offline"

@@ -1,5 +1,5 @@
 """The data-source seam (c2f_exp/sources.py): the registry, each source's data and checks, and
-that stages/, rl/, evaluation/ and config.py ask the source instead of comparing its name."""
+that every stage package and config.py ask the source instead of comparing its name."""
 
 from __future__ import annotations
 
@@ -11,16 +11,15 @@ from types import SimpleNamespace
 import pytest
 from omegaconf import OmegaConf
 
-from c2f_exp import layout
-from c2f_exp.errors import ConfigError
+from c2f_exp.core import layout
+from c2f_exp.core.errors import ConfigError
 from c2f_exp.sources import HubSource, TinyWorldSource, get_source, source_for
 
 PKG = Path(__file__).resolve().parents[1] / "c2f_exp"
+STAGE_PACKAGES = ("prepare", "reward", "coarse", "merge", "evaluation")
 NAMES = {"tinyworld", "hub", "fastchat"}  # the source choices' literal names
 CHECKED = [
-    *sorted((PKG / "stages").rglob("*.py")),
-    *sorted((PKG / "rl").rglob("*.py")),
-    *sorted((PKG / "evaluation").rglob("*.py")),
+    *(p for stage in STAGE_PACKAGES for p in sorted((PKG / stage).rglob("*.py"))),
     PKG / "config.py",
 ]
 
@@ -209,8 +208,8 @@ def _old_prepare_subtree(cfg) -> dict:
 
 @pytest.mark.parametrize("overrides", [[], ["+experiment=mistral_c2f"]])
 def test_prepare_cache_key_is_unchanged(compose, overrides):
-    from c2f_exp.artifacts import config_hash
-    from c2f_exp.stages.prepare import PrepareStage
+    from c2f_exp.core.artifacts import config_hash
+    from c2f_exp.prepare.stage import PrepareStage
 
     cfg = compose(overrides)
     new = PrepareStage().config_subtree(cfg)

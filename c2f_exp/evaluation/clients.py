@@ -12,8 +12,8 @@ import os
 import time
 from typing import Protocol
 
-from c2f_exp.errors import C2FError, ConfigError
-from c2f_exp.secrets import redact_text
+from c2f_exp.core.errors import C2FError, ConfigError
+from c2f_exp.core.secrets import redact_text
 
 log = logging.getLogger(__name__)
 Messages = list[dict[str, str]]
@@ -125,7 +125,7 @@ class HFChatClient:
     """A local chat model (transformers) answering with its chat template."""
 
     def __init__(self, path: str, dtype: str = "auto", device: str = "auto", seed: int = 0):
-        from c2f_exp.evaluation.models import ModelRef, load
+        from c2f_exp.evaluation.lineup import ModelRef, load
 
         self.model, self.tok = load(ModelRef("judge", path, True, path), dtype, device)
         self.seed = seed

@@ -13,8 +13,8 @@ from typing import Any
 
 from omegaconf import MISSING, DictConfig
 
-from c2f_exp.choices import ModelDType, choice
-from c2f_exp.errors import bad_value
+from c2f_exp.core.choices import ModelDType, choice
+from c2f_exp.core.errors import bad_value
 from c2f_exp.sources import source_for
 
 TINYWORLD_TASKS = ("tinyworld_mc", "tinyworld_about")

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from c2f_exp import hub
-from c2f_exp.errors import ConfigError
+from c2f_exp.core import hub
+from c2f_exp.core.errors import ConfigError
 from c2f_exp.evaluation.config import TINYWORLD_TASKS
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from c2f_exp import layout
+from c2f_exp.core import layout
 from c2f_exp.evaluation.clients import ChatClient, JudgeUnavailable
 from c2f_exp.evaluation.verdicts import Judge, Judgment, Match  # re-exported for callers
 
@@ -221,15 +221,15 @@ def _reward_path(jcfg: Any, upstream: dict[str, dict]) -> str:
     """`judge.model`, else the reward stage's model (its resolver: `model/` or a hub ref)."""
     if jcfg.model:
         return jcfg.model
-    from c2f_exp.rl.reward_model import reward_model_ref
+    from c2f_exp.reward.model import reward_model_ref
 
     return reward_model_ref(Path(upstream["reward"]["path"]))
 
 
 def preflight(jcfg: Any, stages: list[str]) -> None:
     """Cheap checks of the judge before any model loads (key present, server/model reachable)."""
-    from c2f_exp import hub
-    from c2f_exp.errors import ConfigError
+    from c2f_exp.core import hub
+    from c2f_exp.core.errors import ConfigError
 
     if jcfg.type == "openai_compatible":
         from c2f_exp.evaluation.clients import OpenAICompatibleClient

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from c2f_exp import layout
-from c2f_exp.errors import ConfigError
-from c2f_exp.layout import read_jsonl, write_jsonl  # noqa: F401  (re-exported: runner, mt_bench)
+from c2f_exp.core import layout
+from c2f_exp.core.errors import ConfigError
+from c2f_exp.core.layout import read_jsonl, write_jsonl  # noqa: F401  (re-exported: runner, mt_bench)
 from c2f_exp.sources import get_source
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""The C2F report: `results.json`, `report.md` (side-by-side table) and PNG plots (DESIGN §5).
+"""The C2F report: `results.json`, `report.md` (side-by-side table), PNG plots (docs/method.md §5).
 
 `results` is `{model: {task: {metric: value}}}`; tasks are lm-eval task names, `mt_bench` and
 `text_stats`. The table's columns are base | instruct | coarse | fine (those present), then any
@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from c2f_exp.artifacts import write_json_atomic
-from c2f_exp.evaluation.models import ordered
+from c2f_exp.core.artifacts import write_json_atomic
+from c2f_exp.evaluation.lineup import ordered
 
 log = logging.getLogger(__name__)
 Results = dict[str, dict[str, dict[str, float]]]

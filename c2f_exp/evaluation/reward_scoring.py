@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from c2f_exp.errors import ConfigError
-from c2f_exp.hub import check_weights
-from c2f_exp.rl import knowledge_reward as knowledge
+from c2f_exp.core.errors import ConfigError
+from c2f_exp.core.hub import check_weights
+from c2f_exp.reward import knowledge
 
 
 class RewardScorer:
@@ -20,7 +20,7 @@ class RewardScorer:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from c2f_exp.evaluation.models import device_of, ensure_bos
+        from c2f_exp.evaluation.lineup import device_of, ensure_bos
 
         if Path(path).is_dir():  # safetensors only, complete: a named error, never a pickle
             check_weights(path, "eval.mt_bench.judge.model")
@@ -38,7 +38,7 @@ class RewardScorer:
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
         model.config.pad_token_id = self.tok.pad_token_id
-        knowledge.maybe_attach(model, path)  # our RMs may carry a knowledge head (rl/)
+        knowledge.maybe_attach(model, path)  # our RMs may carry a knowledge head (reward/)
         self.tok.padding_side = "right"
         ensure_bos(self.tok)
         self.model = model.to(device_of(device)).eval()

@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from c2f_exp.evaluation import harness, models, mt_bench
+from c2f_exp.evaluation import harness, mt_bench
+from c2f_exp.evaluation import lineup as models
 from c2f_exp.evaluation.config import TINYWORLD_TASKS
 from c2f_exp.evaluation.mt_bench_data import MTBenchData, load_data, write_jsonl
 

@@ -19,10 +19,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from c2f_exp import layout
-from c2f_exp.errors import ConfigError
+from c2f_exp.core import layout
+from c2f_exp.core.errors import ConfigError
+from c2f_exp.core.layout import read_jsonl, write_jsonl
 from c2f_exp.evaluation.config import TINYWORLD_TASKS
-from c2f_exp.layout import read_jsonl, write_jsonl
 
 ABOUT_METRICS = (
     "gold_total",

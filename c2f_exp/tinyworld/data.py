@@ -37,7 +37,7 @@ def pretraining_corpus(
     """Documents of 1-12 facts about one entity, some opened by the prompt line.
 
     The prompt line ("tell me about the X .") keeps the base on topic when it is later prompted
-    the same way (DESIGN §3 calibration).
+    the same way (docs/method.md §3 calibration).
     """
     rng = random.Random(seed)
     attrs = [a.name for a in ATTRIBUTES]

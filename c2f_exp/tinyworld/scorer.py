@@ -1,4 +1,4 @@
-"""Gold scorer: the ground truth for any answer about the tiny world (DESIGN §3).
+"""Gold scorer: the ground truth for any answer about the tiny world (docs/method.md §3).
 
 It parses an answer into sentences, each into a main clause and an optional "because" clause,
 recognises every fact claim `(entity, attribute, value)` by the attribute's unique wording, and

@@ -1,4 +1,4 @@
-"""The tiny world: a seeded knowledge domain of made-up animals (DESIGN §3).
+"""The tiny world: a seeded knowledge domain of made-up animals (docs/method.md §3).
 
 Each entity is one made-up word with 12 attributes. Every attribute has its own wording (so
 attributes are never confused by a shared verb) and single-token values; two attributes are

@@ -61,7 +61,7 @@ def rm_scores(rm_dir: str, model_dir: str, rows: list[dict], max_new: int) -> fl
     """Mean reward-model score of greedy answers of `model_dir` to `rows`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from c2f_exp.rl.reward_model import load_reward_model, score_texts
+    from c2f_exp.reward.model import load_reward_model, score_texts
     from c2f_exp.tinyworld.quality import generate
 
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -81,7 +81,7 @@ def use_gold_reward(prep: Path) -> None:
     """Make the stage score rollouts with the gold scorer's total instead of the reward model."""
     import torch
 
-    import c2f_exp.rl.experience as exp
+    import c2f_exp.coarse.experience as exp
     from c2f_exp.tinyworld.scorer import GoldScorer
     from c2f_exp.tinyworld.world import World
 
@@ -109,7 +109,7 @@ def run(
     """One coarse run; returns the stage's metrics plus timing and RM scores."""
     from omegaconf import OmegaConf
 
-    from c2f_exp.stages.coarse import CoarseStage
+    from c2f_exp.coarse.stage import CoarseStage
     from tests.helpers.coarse import coarse_cfg, make_ctx
 
     cfg = coarse_cfg({"seed": seed}, schedule=schedule, micro=False)

@@ -8,7 +8,7 @@ under a temp dir in /tmp, then runs, each twice and interleaved, in fresh subpro
 
 * floor: read every input byte (8 MiB `readinto`) and write the output's bytes;
 * floor_mmap: the same through memory maps (touch every input byte, write the instruct bytes);
-* ours: `c2f_exp.merging.stream.merge_models` (knowledge_residue, lambda 0.3, no filter);
+* ours: `c2f_exp.merge.stream.merge_models` (knowledge_residue, lambda 0.3, no filter);
 * mergekit: `mergekit-yaml` task_arithmetic with {instruct: 1, coarse: 0.3} over base.
 
 Wall times exclude our worker's imports (timed separately); mergekit's CLI wall time includes
@@ -170,9 +170,9 @@ def worker_floor_mmap(dirs: dict[str, str], out: str, shard: int) -> dict:
 
 def worker_ours(dirs: dict[str, str], out: str, shard: int) -> dict:
     t0 = time.perf_counter()
-    from c2f_exp.merging.config import MergerConf
-    from c2f_exp.merging.io import rss_anon_kb
-    from c2f_exp.merging.stream import merge_models
+    from c2f_exp.merge.config import MergerConf
+    from c2f_exp.merge.io import rss_anon_kb
+    from c2f_exp.merge.stream import merge_models
 
     imp, base_kb = time.perf_counter() - t0, rss_anon_kb()
     Path(out).mkdir()
@@ -264,7 +264,7 @@ def import_time(module: str) -> tuple[float, float]:
 
 
 def check_equal(a: str, b: str) -> float:
-    from c2f_exp.merging.io import ModelDir
+    from c2f_exp.merge.io import ModelDir
 
     x, y = ModelDir(a, "ours"), ModelDir(b, "mergekit")
     assert x.tensors.keys() == y.tensors.keys()
@@ -329,7 +329,7 @@ def report(runs: dict[str, list[dict]], a: dict, err: float) -> None:
     print(
         f"\nimports, not in the times above (except mergekit's, whose CLI wall time includes "
         f"them; its CPU column has them subtracted): ours {imp_ours:.1f} s (torch + "
-        f"c2f_exp.merging), mergekit.merge {imp_mk:.1f} s wall / {imp_mk_cpu:.1f} s CPU"
+        f"c2f_exp.merge), mergekit.merge {imp_mk:.1f} s wall / {imp_mk_cpu:.1f} s CPU"
     )
     mk_net = mk - imp_mk
     print(

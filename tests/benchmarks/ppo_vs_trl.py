@@ -115,12 +115,12 @@ def trainer_for(d: Path, length: int, updates: int, prefix: str = "ours_"):
 
     sys.path.insert(0, str(ROOT / "tests"))
     sys.path.insert(0, str(ROOT))
-    from c2f_exp.rl import critic as cr
-    from c2f_exp.rl.experience import make_reward_fn
-    from c2f_exp.rl.length_schedules import build_schedule
-    from c2f_exp.rl.ppo import build_kl_controller
-    from c2f_exp.rl.reward_model import load_reward_model
-    from c2f_exp.rl.trainer import CoarseTrainer
+    from c2f_exp.coarse import critic as cr
+    from c2f_exp.coarse.experience import make_reward_fn
+    from c2f_exp.coarse.length_schedules import build_schedule
+    from c2f_exp.coarse.ppo import build_kl_controller
+    from c2f_exp.coarse.trainer import CoarseTrainer
+    from c2f_exp.reward.model import load_reward_model
     from tests.helpers.coarse import coarse_cfg
 
     over = {"steps": updates, "batch_size": BATCH, "minibatch_size": BATCH}

@@ -43,11 +43,11 @@ def profile(d: Path, length: int, updates: int, top: int) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as tprof
 
-    import c2f_exp.rl.trainer as trm
+    import c2f_exp.coarse.trainer as trm
 
     tr = trainer_for(d, length, updates + 1)
     times: dict[str, list[float]] = {}
-    if hasattr(tr, "engine"):  # rl/engines.py
+    if hasattr(tr, "engine"):  # coarse/engines.py
         tr.engine.generate = timed(times, "rollout", tr.engine.generate)
     else:  # before engines existed
         trm.generate = timed(times, "rollout", trm.generate)

@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from c2f_exp.rl import preferences as prefs
-from c2f_exp.rl import reward_model as rmod
-from c2f_exp.rl import tiny_reward as tiny
-from c2f_exp.rl.reward_config import RewardConf
+from c2f_exp.reward import model as rmod
+from c2f_exp.reward import preferences as prefs
+from c2f_exp.reward import tiny
+from c2f_exp.reward.config import RewardConf
 
 ROOT = Path(__file__).resolve().parents[2]
 # name -> overrides of conf/reward/tinyworld.yaml (whose default is BT + knowledge + sentences)

@@ -27,7 +27,7 @@ def run_gen(d: Path, length: int, runs: int) -> dict[str, list[float]]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     sys.path.insert(0, str(ROOT))
-    from c2f_exp.rl.rollout import encode_prompts, generate
+    from c2f_exp.coarse.rollout import encode_prompts, generate
 
     tok = AutoTokenizer.from_pretrained(d / "policy")
     model = AutoModelForCausalLM.from_pretrained(d / "policy").eval()

@@ -1,4 +1,4 @@
-"""The CLI (`python -m c2f_exp`) run in this process: tests/test_bad_inputs.py's table and
+"""The CLI (`python -m c2f_exp`) run in this process: tests/e2e/test_bad_inputs.py's table and
 test_secrets.py. (A real subprocess: tests/conftest.py's `run_cli`.)"""
 
 from __future__ import annotations

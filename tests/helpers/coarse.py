@@ -1,7 +1,8 @@
 """The coarse stage's test builders: config, micro world, stage context, trace, trainer.
 
-Used by tests/test_coarse.py (also the subprocess driver), test_gold_monitor.py and the other
-coarse tests; the `micro` fixture (tests/conftest.py) is `build_micro_world` once per session.
+Used by tests/coarse/test_coarse.py (also the subprocess driver), test_gold_monitor.py and the
+other coarse tests; the `micro` fixture (tests/conftest.py) is `build_micro_world` once per
+session.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ def coarse_cfg(
     micro: bool = True,
 ) -> DictConfig:
     """Root config with the coarse, length_schedule and distributed groups (as wired later)."""
+    from c2f_exp.coarse.config import CoarseConf, DistributedConf
+    from c2f_exp.coarse.schedule_config import LengthScheduleConf
     from c2f_exp.config import C2FConfig
-    from c2f_exp.rl.coarse_config import CoarseConf, DistributedConf
-    from c2f_exp.rl.config import LengthScheduleConf
 
     cfg = OmegaConf.merge(
         OmegaConf.structured(C2FConfig),
@@ -67,7 +68,8 @@ def build_micro_world(root: Path) -> dict:
     """A 12-entity world, tokenizer, random tiny base and reward model. Returns `upstream`."""
     from transformers import AutoModelForSequenceClassification
 
-    from c2f_exp.tinyworld import data, models
+    from c2f_exp.tinyworld import data
+    from c2f_exp.tinyworld import training as models
     from c2f_exp.tinyworld.tokenizer import train_tokenizer
     from c2f_exp.tinyworld.world import generate_world
 
@@ -92,8 +94,8 @@ def build_micro_world(root: Path) -> dict:
 
 
 def make_ctx(cfg: DictConfig, upstream: dict, run: Path, work: Path):
+    from c2f_exp.core.tracking import Tracker
     from c2f_exp.stages import StageContext
-    from c2f_exp.tracking import Tracker
 
     run.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
@@ -120,11 +122,11 @@ def _trainer(
     """A CoarseTrainer on the micro world; `gold_source(prompts, rollout)` adds a gold monitor."""
     from transformers import AutoTokenizer
 
-    from c2f_exp.rl import critic as cr
-    from c2f_exp.rl.gold_sources import GoldMonitor
-    from c2f_exp.rl.length_schedules import build_schedule
-    from c2f_exp.rl.ppo import build_kl_controller
-    from c2f_exp.rl.trainer import CoarseTrainer
+    from c2f_exp.coarse import critic as cr
+    from c2f_exp.coarse.gold_rewards import GoldMonitor
+    from c2f_exp.coarse.length_schedules import build_schedule
+    from c2f_exp.coarse.ppo import build_kl_controller
+    from c2f_exp.coarse.trainer import CoarseTrainer
 
     cfg = coarse_cfg({"coarse": over or {}})
     c = cfg.coarse

@@ -25,8 +25,8 @@ def build_tiny_artifact(root: Path, n_entities: int = 6) -> Path:
     from types import SimpleNamespace
 
     from c2f_exp.tinyworld import data
-    from c2f_exp.tinyworld.models import build_model
     from c2f_exp.tinyworld.tokenizer import train_tokenizer
+    from c2f_exp.tinyworld.training import build_model
     from c2f_exp.tinyworld.world import generate_world
 
     world = generate_world(0, n_entities, 0.5)
@@ -71,8 +71,8 @@ def eval_cfg(overrides: dict | None = None, group: str = "tinyworld"):
 
 def make_ctx(cfg, artifact: Path, tmp: Path, upstream: dict | None = None):
     """A StageContext as the pipeline builds it, with the prepare artifact upstream."""
+    from c2f_exp.core.tracking import Tracker
     from c2f_exp.stages import StageContext
-    from c2f_exp.tracking import Tracker
 
     run = tmp / "run"
     tracker = Tracker(OmegaConf.create({"backend": "none", "mode": "disabled"}), run, {}, "g", "n")

@@ -15,12 +15,12 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
-from c2f_exp import artifacts
-from c2f_exp.merging import io
-from c2f_exp.merging.config import MergerConf
+from c2f_exp.core import artifacts
+from c2f_exp.core.tracking import Tracker
+from c2f_exp.merge import io
+from c2f_exp.merge.config import MergerConf
+from c2f_exp.merge.stage import MergeStage
 from c2f_exp.stages import StageContext
-from c2f_exp.stages.merge import MergeStage
-from c2f_exp.tracking import Tracker
 
 ROLES = ("base", "instruct", "coarse")
 

@@ -1,6 +1,6 @@
 """The reward stage's test builders: a micro prepare-like world, the config, a stage run.
 
-Used by tests/test_reward.py, test_knowledge_reward.py and test_reward_process.py.
+Used by tests/reward/test_reward.py, test_knowledge_reward.py and test_reward_process.py.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from c2f_exp.config import register
-from c2f_exp.rl.reward_config import RewardConf
+from c2f_exp.core.tracking import Tracker
+from c2f_exp.reward.config import RewardConf
+from c2f_exp.reward.stage import RewardStage
 from c2f_exp.stages import StageContext
-from c2f_exp.stages.reward import RewardStage
-from c2f_exp.tracking import Tracker
 from tests.helpers import CONF, MICRO
 
 MICRO_ARCH = OmegaConf.create(MICRO)
@@ -34,8 +34,8 @@ def _jsonl(path: Path, rows: list[dict]) -> None:
 def _micro_world(root: Path, seed: int = 0, words: tuple[str, ...] = ()) -> Path:
     """A prepare-like artifact: world.json, data/*.jsonl, base/ (random micro model)."""
     from c2f_exp.tinyworld import data
-    from c2f_exp.tinyworld.models import build_model
     from c2f_exp.tinyworld.tokenizer import train_tokenizer
+    from c2f_exp.tinyworld.training import build_model
     from c2f_exp.tinyworld.world import generate_world
 
     world = generate_world(seed, 12)

@@ -1,0 +1,1 @@
+"""Finished runs read back: headline numbers (`summary`), the compare table and its plots."""

@@ -1,0 +1,48 @@
+"""What every stage is: the `Stage` protocol and the `StageContext` it runs in.
+
+Each stage lives in its own package (`c2f_exp/<stage>/stage.py`) beside its parts; the
+registry of them is `pipeline.registry()`, which owns the stage order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from omegaconf import DictConfig
+
+from c2f_exp.core.tracking import Tracker
+
+
+@dataclass
+class StageContext:
+    """What a stage gets: the config, where to write, the tracker, upstream artifacts."""
+
+    cfg: DictConfig
+    run_dir: Path
+    stage_dir: Path  # <run_dir>/<stage>/: logs, metrics.jsonl
+    work_dir: Path  # survives crashes (checkpoints for resume); removed when the stage is done
+    tracker: Tracker
+    upstream: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> manifest entry
+    final_dir: Path | None = None  # where `out` is renamed to when the stage completes
+
+
+def final_dir(ctx: StageContext, out: Path) -> Path:
+    """Where the artifact being built in `out` will live (the pipeline renames `out` there when
+    the stage completes): files that name their own path (lm-eval task YAMLs, model cards)
+    write this, not the temp dir. `out` itself for a stage run outside the pipeline."""
+    return Path(ctx.final_dir) if ctx.final_dir is not None else out
+
+
+class Stage(Protocol):
+    name: str
+
+    def config_subtree(self, cfg: DictConfig) -> dict[str, Any]:
+        """The part of the config the stage's output depends on (hashed for reuse)."""
+
+    def preflight(self, cfg: DictConfig) -> None:
+        """Cheap checks (paths, hub reachability) run for all stages before any stage runs."""
+
+    def run(self, ctx: StageContext, out: Path) -> dict[str, Any]:
+        """Build the artifact in `out` (a temp dir renamed into place after). Returns metrics."""

@@ -1,0 +1,1 @@
+"""The embedded tiny world: world generation, data, tokenizer, gold scorer, tiny models."""
