@@ -26,7 +26,7 @@ def _app(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from c2f_exp import cli_errors
+    from c2f_exp import cli_errors, launch
     from c2f_exp.core import secrets
     from c2f_exp.core.errors import C2FError
     from c2f_exp.pipeline import run_pipeline
@@ -44,6 +44,12 @@ def _app(cfg: DictConfig) -> float | None:
         log.warning("sweep=%s without -m runs one job with the defaults: add -m", cfg.sweep.name)
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     try:
+        n_ranks = launch.ranks_to_start(cfg)  # distributed without a launcher: start ranks
+        if n_ranks:
+            rc = launch.launch(n_ranks, list(hc.overrides.task), run_dir)
+            if rc and not multirun:
+                raise SystemExit(rc)
+            return objective_value(cfg, _read_manifest(run_dir)) if multirun else None
         manifest = run_pipeline(cfg, run_dir)
     except C2FError as e:
         if full_error:
@@ -63,6 +69,15 @@ def _app(cfg: DictConfig) -> float | None:
         log.info("%-8s %-6s %6.1fs  %s", s["stage"], s["status"], s["seconds"], s["path"])
     log.info("manifest: %s", run_dir / "manifest.json")
     return objective_value(cfg, manifest)
+
+
+def _read_manifest(run_dir: Path) -> dict | None:
+    import json
+
+    try:
+        return json.loads((run_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from c2f_exp.core.tracking import Tracker
 
@@ -46,3 +46,27 @@ class Stage(Protocol):
 
     def run(self, ctx: StageContext, out: Path) -> dict[str, Any]:
         """Build the artifact in `out` (a temp dir renamed into place after). Returns metrics."""
+
+
+def subtree(nodes: dict[str, Any]) -> dict[str, Any]:
+    """A stage's config subtree as plain containers, each node resolved where it sits.
+
+    A node copied into a new root loses its interpolations' targets (`reward.dataset:
+    ${data.hub.preference_dataset}` cannot resolve there), so every config node is resolved
+    against the run's root config first."""
+    nodes_ = (DictConfig, ListConfig)
+    plain = {
+        k: OmegaConf.to_container(v, resolve=True) if isinstance(v, nodes_) else v
+        for k, v in nodes.items()
+    }
+    return OmegaConf.to_container(OmegaConf.create(plain), resolve=True)
+
+
+def distributed_key(cfg: DictConfig) -> dict[str, Any]:
+    """What of `distributed` a trained artifact depends on, for its config subtree: nothing in
+    one process (so single-process cache keys stay as they were), else the backend, ZeRO stage
+    and number of ranks (they change batch sharding, reduction order and precision)."""
+    d = cfg.get("distributed")
+    if d is None or str(d.backend) == "none":
+        return {}
+    return {"distributed": {k: d.get(k) for k in ("backend", "zero_stage", "num_processes")}}

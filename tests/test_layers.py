@@ -42,7 +42,8 @@ LAYERS: dict[int, tuple[str, ...]] = {
         "c2f_exp.merge.stage",
         "c2f_exp.evaluation.stage",
     ),
-    5: ("c2f_exp.sweeping", "c2f_exp.cli_errors"),  # job identity, sweep checks, error lines
+    # job identity, sweep checks, error lines, starting ranks
+    5: ("c2f_exp.sweeping", "c2f_exp.cli_errors", "c2f_exp.launch"),
     6: ("c2f_exp.pipeline",),  # the stage registry and order, cache, manifest
     7: ("c2f_exp.__main__", "c2f_exp.compare", "c2f_exp.cache"),  # the CLI entry points
 }

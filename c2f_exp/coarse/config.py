@@ -93,7 +93,8 @@ class DistributedConf:
     backend: str = "none"  # none | ddp | deepspeed
     zero_stage: int | None = None  # deepspeed: 0-3
     deepspeed_config: str | None = None  # json; relative paths: from conf/distributed/
-    num_processes: int = 1  # for the documented `accelerate launch` command
+    num_processes: int = 1  # ranks for `accelerate launch`; GPU nodes: one per visible GPU
+    cpu: bool = False  # no GPU: start num_processes CPU ranks (gloo) instead of stopping
 
 
 def _positive(key: str, v: Any, integer: bool = False) -> None:

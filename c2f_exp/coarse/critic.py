@@ -140,12 +140,17 @@ def build_models(acc: Any, base: str, rm_ref: str, c: Any) -> tuple[ActorCritic,
 
     dtype = getattr(torch, c.dtype)
     gc = c.gradient_checkpointing
+    plugin = getattr(acc.state, "deepspeed_plugin", None)
+    # Trainable weights: in bf16/fp16 without DeepSpeed, fp32 master weights under autocast
+    # (build_accelerator's mixed_precision), as transformers' Trainer does: AdamW steps on
+    # bf16 weights round most updates at lr 1e-6 away. DeepSpeed keeps its own fp32 master copy.
+    train_dtype = dtype if plugin is not None else torch.float32
     model = ActorCritic(
-        load_policy(base, dtype, gc), load_critic(c.critic_init, rm_ref, base, dtype, gc)
+        load_policy(base, train_dtype, gc),
+        load_critic(c.critic_init, rm_ref, base, train_dtype, gc),
     )
     ref = load_frozen(base, "causal", dtype)
     rm, rm_tok = load_reward_model(rm_ref, dtype)
-    plugin = getattr(acc.state, "deepspeed_plugin", None)
     if plugin is not None and plugin.zero_stage == 3:
         from trl.models.utils import prepare_deepspeed
 
@@ -182,7 +187,13 @@ def build_accelerator(d: Any, c: Any) -> Any:
         if launched:
             want = "zero2 or zero3 under `accelerate launch --use_deepspeed`"
             raise bad_value("distributed", getattr(d, "name", None), want, "distributed=zero2")
-        return Accelerator(cpu=not torch.cuda.is_available())
+        from accelerate.state import AcceleratorState
+
+        mixed = {"bfloat16": "bf16", "float16": "fp16"}.get(str(c.dtype), "no")
+        state = AcceleratorState._shared_state
+        if state and str(state.get("_mixed_precision", mixed)) != mixed:  # an earlier trainer's
+            AcceleratorState._reset_state()  # keep its process group, not its precision
+        return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed)
     env_stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
     if launched and env_stage is not None and int(env_stage) != d.zero_stage:
         want, fix = f"the launcher's --zero_stage ({env_stage})", "pass the same stage to both"

@@ -18,9 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from c2f_exp.core import hub
 from c2f_exp.core.errors import ConfigError
+from c2f_exp.core.tokenizers import load_tokenizer
 from c2f_exp.prepare.stage import model_dir
 from c2f_exp.sources import source_for
-from c2f_exp.stages import StageContext
+from c2f_exp.stages import StageContext, distributed_key, subtree
 
 log = logging.getLogger(__name__)
 FINAL = ("limit", "reward", "value", "truncation_rate", "mean_response_length", "kl")
@@ -37,7 +38,7 @@ class CoarseStage:
     def config_subtree(self, cfg: DictConfig) -> dict[str, Any]:
         sub = {"coarse": cfg.coarse, "length_schedule": cfg.length_schedule}
         sub["policy"] = cfg.model.base
-        out = OmegaConf.to_container(OmegaConf.create(sub), resolve=True)
+        out = subtree({**sub, **distributed_key(cfg)})  # ranks and ZeRO change the weights
         del out["coarse"]["seed"]  # coarse.seed=<the run's seed> is the default's artifact
         if out["coarse"].get("rollout", {}).get("engine", "hf") == "hf":  # speed knobs only:
             out["coarse"].pop("rollout", None)  # results equal to float tolerance, cache kept
@@ -58,7 +59,6 @@ class CoarseStage:
 
     def run(self, ctx: StageContext, out: Path) -> dict[str, Any]:
         import torch
-        from transformers import AutoTokenizer
 
         from c2f_exp.coarse import critic, ppo
         from c2f_exp.coarse.engines import build_engine
@@ -68,7 +68,7 @@ class CoarseStage:
         from c2f_exp.coarse.traces import write_traces
         from c2f_exp.coarse.trainer import CoarseTrainer
         from c2f_exp.core.model_card import write_model_card
-        from c2f_exp.tinyworld.tokenizer import save_tokenizer
+        from c2f_exp.core.tokenizers import save_tokenizer
 
         cfg, c = ctx.cfg, ctx.cfg.coarse
         base, rm_ref = model_dir(ctx, "base"), reward_model(ctx)
@@ -76,7 +76,7 @@ class CoarseStage:
         texts, reward_prompts, eval_rows = load_prompts(cfg, prep)
         acc = critic.build_accelerator(cfg.get("distributed"), c)
         torch.manual_seed(rl_seed(cfg) + acc.process_index)  # each process: its own rollouts
-        tok = AutoTokenizer.from_pretrained(base)
+        tok = load_tokenizer(base, "left")  # Mistral's has no pad token: <unk> pads
         model, ref, rm, rm_tok = critic.build_models(acc, base, rm_ref, c)
         reward_fn = make_reward_fn(rm, rm_tok, tok, c.forward_batch_size)
         kl_ctl = ppo.build_kl_controller(c.kl_controller, c.kl_coef, c.kl_target, c.kl_horizon)
@@ -94,7 +94,12 @@ class CoarseStage:
         metrics = {"steps": state.step, "bad_batches": state.bad_batches}
         metrics.update(tokens_generated=state.tokens, resumed_from_step=state.resumed_from)
         if acc.is_main_process:
-            sd = {k.removeprefix("policy."): v for k, v in full.items() if k[:7] == "policy."}
+            dtype = getattr(torch, c.dtype)  # fp32 master weights are saved in coarse.dtype
+            sd = {
+                k.removeprefix("policy."): v.to(dtype) if v.is_floating_point() else v
+                for k, v in full.items()
+                if k[:7] == "policy."
+            }
             acc.unwrap_model(trainer.model).policy.save_pretrained(out / "actor", state_dict=sd)
             save_tokenizer(tok, out / "actor")  # a tokenizer class transformers 4.46+ loads
             metrics.update(write_traces(state, out, monitor is not None))
@@ -161,7 +166,7 @@ def _prepared(ctx: StageContext) -> Path:
 
 def gold_eval(ctx: StageContext, base: str, actor: Path, rows: list[dict]) -> dict[str, Any]:
     """Greedy answers of base and Coarse Actor on held-out prompts, scored by the gold scorer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from c2f_exp.tinyworld import quality
     from c2f_exp.tinyworld.scorer import GoldScorer
@@ -169,7 +174,7 @@ def gold_eval(ctx: StageContext, base: str, actor: Path, rows: list[dict]) -> di
 
     scorer, ls = GoldScorer(World.load(_prepared(ctx) / "world.json")), ctx.cfg.length_schedule
     n = ctx.cfg.coarse.eval_max_new_tokens or ls.l_max or max(ls.limits)
-    tok, out = AutoTokenizer.from_pretrained(base), {}
+    tok, out = load_tokenizer(base, "left"), {}
     for role, path in (("base", base), ("actor", str(actor))):
         model = AutoModelForCausalLM.from_pretrained(path)
         for k, v in quality.answer_quality(model, tok, scorer, rows, n, chat=False).items():

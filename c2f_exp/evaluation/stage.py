@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from c2f_exp.core import hub
 from c2f_exp.core.errors import ConfigError
 from c2f_exp.sources import source_for
-from c2f_exp.stages import StageContext, final_dir
+from c2f_exp.stages import StageContext, final_dir, subtree
 
 log = logging.getLogger(__name__)
 REPORT_FILES = ("results.json", "report.md", "plots")
@@ -37,7 +37,7 @@ class EvalStage:
             "seed": cfg.seed,
             "model_paths": {r: cfg.model[r].path for r in ("base", "instruct")},
         }
-        return OmegaConf.to_container(OmegaConf.create(sub), resolve=True)
+        return subtree(sub)
 
     def preflight(self, cfg: DictConfig) -> None:
         from c2f_exp.evaluation import harness, judges

@@ -7,12 +7,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from c2f_exp.core import layout
 from c2f_exp.core.layout import read_jsonl  # noqa: F401  (re-exported: reward/ uses it)
 from c2f_exp.sources import source_for
-from c2f_exp.stages import StageContext, final_dir
+from c2f_exp.stages import StageContext, final_dir, subtree
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class PrepareStage:
     def config_subtree(self, cfg: DictConfig) -> dict[str, Any]:
         sub = {"model": cfg.model, "seed": cfg.seed}
         sub.update(source_for(cfg, "model.source").prepare_subtree(cfg))  # world | hub_data
-        return OmegaConf.to_container(OmegaConf.create(sub), resolve=True)
+        return subtree(sub)
 
     def preflight(self, cfg: DictConfig) -> None:
         source_for(cfg, "model.source").check_models(cfg)  # hub: weights there
@@ -48,10 +48,11 @@ class PrepareStage:
 def build_tiny_world(cfg: DictConfig, ctx: StageContext, out: Path) -> dict[str, Any]:
     import torch
 
+    from c2f_exp.core.tokenizers import save_tokenizer
     from c2f_exp.tinyworld import data, quality
     from c2f_exp.tinyworld import training as models
     from c2f_exp.tinyworld.scorer import GoldScorer
-    from c2f_exp.tinyworld.tokenizer import save_tokenizer, train_tokenizer
+    from c2f_exp.tinyworld.tokenizer import train_tokenizer
     from c2f_exp.tinyworld.world import generate_world
 
     w_cfg, seed = cfg.data.world, cfg.seed

@@ -14,11 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from c2f_exp.core import hub
 from c2f_exp.core.errors import ConfigError
 from c2f_exp.core.model_card import write_model_card
+from c2f_exp.core.tokenizers import save_tokenizer
 from c2f_exp.prepare.stage import model_dir
 from c2f_exp.reward import knowledge, tiny
 from c2f_exp.reward import model as rmod
@@ -26,8 +27,7 @@ from c2f_exp.reward import preferences as prefs
 from c2f_exp.reward.config import validate_reward
 from c2f_exp.reward.model import score_texts  # noqa: F401  (public: used by coarse, eval)
 from c2f_exp.sources import source_for
-from c2f_exp.stages import StageContext
-from c2f_exp.tinyworld.tokenizer import save_tokenizer
+from c2f_exp.stages import StageContext, distributed_key, subtree
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,8 @@ class RewardStage:
         r = cfg.reward
         init = None if r.path else cfg.model[r.init]
         sub = {"reward": r, "seed": cfg.seed, "policy": cfg.model.base, "init": init}
-        return OmegaConf.to_container(OmegaConf.create(sub), resolve=True)
+        sub.update(distributed_key(cfg))  # ranks and ZeRO change a trained model's weights
+        return subtree(sub)
 
     def preflight(self, cfg: DictConfig) -> None:
         validate_reward(cfg)

@@ -7,10 +7,7 @@ models go through exactly the code paths the 7B models do (`apply_chat_template`
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
-from pathlib import Path
-from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
@@ -59,27 +56,3 @@ def train_tokenizer(
     )
     fast.chat_template = CHAT_TEMPLATE
     return fast
-
-
-def save_tokenizer(tok: Any, path: str | Path) -> None:
-    """`tok.save_pretrained(path)`, with a tokenizer_config.json older transformers also load.
-
-    transformers 5 writes `tokenizer_class: TokenizersBackend` (a name 4.x lacks),
-    `extra_special_tokens` as a list (4.x expects a dict of named tokens there and fails) and
-    the chat template only to chat_template.jinja (4.x before ~4.50 reads it from the config).
-    Both releases read `PreTrainedTokenizerFast`, `additional_special_tokens` and `chat_template`
-    the same way (tested 4.46.3, 4.57.6, 5.24), so the saved config uses those; other
-    tokenizer classes are left as they are.
-    """
-    tok.save_pretrained(path)
-    cfg_path = Path(path) / "tokenizer_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    if cfg.get("tokenizer_class") == "TokenizersBackend":
-        cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
-    if isinstance(cfg.get("extra_special_tokens"), list):
-        extra = cfg.pop("extra_special_tokens")
-        cfg["additional_special_tokens"] = cfg.get("additional_special_tokens") or extra
-    template = Path(path) / "chat_template.jinja"
-    if "chat_template" not in cfg and template.is_file():
-        cfg["chat_template"] = template.read_text()
-    cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")

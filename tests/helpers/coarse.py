@@ -135,9 +135,13 @@ def _trainer(
     tok = AutoTokenizer.from_pretrained(base)
     acc = cr.build_accelerator(cfg.distributed, c)
     torch.manual_seed(0)
-    model = cr.ActorCritic(
-        cr.load_policy(base, torch.float32, False), cr.load_critic(critic, rm, base, torch.float32)
-    )
+    if c.dtype == "float32":
+        model = cr.ActorCritic(
+            cr.load_policy(base, torch.float32, False),
+            cr.load_critic(critic, rm, base, torch.float32),
+        )
+    else:  # the stage's own loading (its precision rules)
+        model = cr.build_models(acc, base, rm, c)[0]
     rows = [
         json.loads(x)
         for x in (Path(micro["prepare"]["path"]) / "data" / "ppo_prompts.jsonl")

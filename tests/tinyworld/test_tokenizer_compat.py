@@ -7,7 +7,8 @@ import json
 
 from transformers import AutoTokenizer
 
-from c2f_exp.tinyworld.tokenizer import INST, INST_END, save_tokenizer, train_tokenizer
+from c2f_exp.core.tokenizers import save_tokenizer
+from c2f_exp.tinyworld.tokenizer import INST, INST_END, train_tokenizer
 
 TEXTS = ["the fox is colored red .", "tell me about the fox .", "the owl eats mice ."]
 CHAT = [
