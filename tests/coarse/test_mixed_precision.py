@@ -13,6 +13,7 @@ from tests.helpers.coarse import _trainer
 
 def _update(micro, tmp, dtype: str) -> tuple[float, float, torch.dtype]:
     """(share of policy entries changed, update norm, the trained weights' dtype) after PPO."""
+
     def reward_fn(prompts, rollout):
         return rollout.lengths.float() / 10  # any non-constant signal
 

@@ -49,7 +49,8 @@ INSTRUCT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
     "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
     "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
-    "{% endif %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% endif %}{% if message['role'] == 'user' %}"
+    "{{ '[INST] ' + message['content'] + ' [/INST]' }}"
     "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}"
     "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}"
     "{% endif %}{% endfor %}"
@@ -120,7 +121,9 @@ def hh_rows(n: int, seed: int = 0) -> list[dict]:
         head = f"\n\nHuman: {q}"
         if i % 3 == 0:  # a two-turn transcript
             head += f"\n\nAssistant: {good}\n\nHuman: Tell me more."
-        rows.append({"chosen": f"{head}\n\nAssistant: {good}", "rejected": f"{head}\n\nAssistant: {bad}"})
+        rows.append(
+            {"chosen": f"{head}\n\nAssistant: {good}", "rejected": f"{head}\n\nAssistant: {bad}"}
+        )
     return rows
 
 
@@ -133,8 +136,10 @@ def write_hh(kind: str, root: Path, n: int = 48) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     rows = hh_rows(n)
     cut = n * 3 // 4
-    text = {s: "".join(json.dumps(r) + "\n" for r in part) for s, part in
-            (("train", rows[:cut]), ("test", rows[cut:]))}
+    text = {
+        s: "".join(json.dumps(r) + "\n" for r in part)
+        for s, part in (("train", rows[:cut]), ("test", rows[cut:]))
+    }
     if kind == "split_dir":
         for s, t in text.items():
             (root / f"{s}.jsonl").write_text(t)
