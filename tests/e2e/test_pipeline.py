@@ -181,7 +181,8 @@ def test_mistral_offline_fails_fast_with_named_model(tmp_path):
         "HF_HUB_OFFLINE": "0",
     }
     t0 = time.time()
-    proc = run_cli(["+experiment=mistral_c2f", "tracker=none"], tmp_path, env=env, timeout=120)
+    args = ["+experiment=mistral_c2f", "distributed=none", "tracker=none"]  # no GPU here
+    proc = run_cli(args, tmp_path, env=env, timeout=120)
     elapsed = time.time() - t0
     assert proc.returncode == 2
     err = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
@@ -217,3 +218,51 @@ def test_bad_value_cli_one_line_error(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: stages[1] must be one of")
     assert "Traceback" not in proc.stderr
+
+
+GOLDEN = Path(__file__).with_name("golden_micro.json")
+
+
+def _golden_numbers(run: Path) -> dict[str, float]:
+    """The micro run's deterministic numbers: every pretraining and SFT loss (pure math on
+    seeded data, so CPU-kernel noise stays ~1e-6) and the base model's held-out true-vs-false
+    preference. Sampled stages (reward pairs, PPO) are left out: sampling amplifies any noise."""
+    rows = [json.loads(x) for x in (run / "prepare" / "metrics.jsonl").read_text().splitlines()]
+    out = {}
+    for r in rows:
+        for k in ("pretrain/loss", "sft/loss"):
+            if k in r:
+                out[f"{k}@{r['step']}"] = r[k]
+    m = json.loads((run / "manifest.json").read_text())["stages"][0]["metrics"]
+    out["base/heldout_fact_preference"] = m["base/heldout_fact_preference"]
+    return out
+
+
+def test_golden_micro_numbers(micro_run):
+    """Fails when a dependency change moves the numbers (refresh, after re-measuring
+    docs/results.md on the new stack: C2F_REFRESH_GOLDEN=1 pytest tests/e2e/test_pipeline.py
+    -k golden). The file records the stack it was made with; constraints.txt pins that stack."""
+    import os
+
+    from c2f_exp.core.versions import stack_versions
+
+    assert read_manifest(micro_run)["stack"] == stack_versions()  # every manifest says
+    now = _golden_numbers(micro_run / "run")
+    if os.environ.get("C2F_REFRESH_GOLDEN") == "1":
+        GOLDEN.write_text(json.dumps({"stack": stack_versions(), "numbers": now}, indent=1))
+    gold = json.loads(GOLDEN.read_text())
+    moved = {
+        k: (v, now.get(k))
+        for k, v in gold["numbers"].items()
+        if now.get(k) is None or abs(now[k] - v) > 1e-4 * max(1.0, abs(v))
+    }
+    changed = {
+        k: (v, stack_versions().get(k))
+        for k, v in gold["stack"].items()
+        if stack_versions().get(k) != v
+    }
+    assert not moved, (
+        f"debug=micro numbers moved ({len(moved)} of {len(gold['numbers'])}, e.g. "
+        f"{dict(list(moved.items())[:3])}); stack changes since the golden file: {changed}. "
+        "Re-measure docs/results.md on this stack, then refresh (see this test's docstring)"
+    )
