@@ -15,13 +15,14 @@ from omegaconf import DictConfig, OmegaConf
 from c2f_exp import sweeping
 from c2f_exp.analysis import summary
 from c2f_exp.config import validate
-from c2f_exp.core import artifacts, cache
+from c2f_exp.core import artifacts, cache, layout, tracking
 from c2f_exp.core.secrets import redact_text
 from c2f_exp.core.tracking import RunIdentity, Tracker
+from c2f_exp.core.versions import stack_versions
 from c2f_exp.stages import Stage, StageContext
 
 log = logging.getLogger(__name__)
-RESULT = "result.json"
+RESULT = layout.RESULT
 
 
 def _cfg(node: Any) -> Any:
@@ -41,6 +42,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     manifest: dict[str, Any] = {"experiment": cfg.experiment_name, "status": "running"}
     manifest["sweep"] = {"name": cfg.sweep.name, "group": ident.group, "swept": ident.swept}
     manifest.update(overrides=ident.overrides, stages=[])
+    manifest["stack"] = stack_versions()  # results depend on them (constraints.txt pins them)
     _write_manifest(run_dir, manifest)
     try:
         _run_stages(cfg, run_dir, ident, manifest)
@@ -81,8 +83,10 @@ def _run_stages(
     validate(cfg, tuple(stages))
     for name in cfg.stages:  # all cheap checks first: fail before any expensive work
         stages[name].preflight(cfg)
+    if _rank() == 0:  # an unreachable tracking server: one line, before any stage runs
+        tracking.preflight(cfg.tracker, str(cfg.paths.root_dir))
     cache_dir = artifacts.check_writable(Path(cfg.paths.cache_dir), "paths.cache_dir")
-    tcfg = cfg.tracker if _rank() == 0 else OmegaConf.create({"backend": "none"})
+    tcfg = cfg.tracker if _rank() == 0 else OmegaConf.create({"backends": []})
     tracker = Tracker(tcfg, run_dir, _cfg(cfg), ident=ident)
     exit_code = 1
     try:
@@ -134,8 +138,12 @@ def _run_stage(
                 cfg, run_dir, stage_dir, _work_dir(art), tracker, dict(upstream), final_dir=art
             )
             result = _build(stage, ctx, art, t0)
-    tracker.summary({**result["metrics"], "status": status, "artifact": key, "path": str(art)})
+    marks = {"status": status, "artifact": key, "path": str(art)}
+    if status == "reused" and (art / "metrics.jsonl").is_file():  # its curves, too (the copy)
+        marks["replayed_rows"] = tracker.replay(stage_dir / "metrics.jsonl")
+    tracker.summary({**result["metrics"], **marks})
     tracker.images(sorted(art.glob("*.png")))  # length_trace, overoptimization, eval plots
+    tracker.files([*(p for p in [art / "report.md"] if p.is_file()), *art.glob("plots/*.png")])
     seconds = round(time.time() - t0, 2) if status == "reused" else result["seconds"]
     return _entry(stage.name, status, art, key, seconds, result["metrics"])
 
@@ -152,8 +160,7 @@ def _verified_result(stage: str, art: Path) -> dict[str, Any] | None:
     if not artifacts.is_complete(art):
         return None
     try:
-        result = _read_result(art)
-        cache.verify(art, result.get("files"))
+        result = cache.verify_result(art, _read_result(art))
     except (cache.CorruptArtifact, ValueError, OSError) as e:
         log.warning("stage %s: %s; rebuilding it", stage, e)
         return None
@@ -178,8 +185,9 @@ def _build(stage: Any, ctx: StageContext, art: Path, t0: float) -> dict[str, Any
     except BaseException as e:
         if not getattr(stage, "checkpoints", True) or not _has_files(ctx.work_dir):
             shutil.rmtree(ctx.work_dir, ignore_errors=True)  # nothing to resume from
-        if isinstance(e, OSError) and e.errno in artifacts.WRITE_ERRNOS:
-            raise artifacts.ArtifactWriteError.from_os_error(e, art) from None
+        err = artifacts.write_error(e, art)  # disk full / denied, also as torch's RuntimeError
+        if err is not None:
+            raise err from None
         raise
     shutil.rmtree(ctx.work_dir, ignore_errors=True)
     return result

@@ -1,10 +1,14 @@
-"""Sweeps: who a job is (wandb group, run name, swept values) and whole-multirun checks.
+"""Sweeps: who a job is (tracker group, run name, swept values) and whole-multirun checks.
 
-A multirun (`python -m c2f_exp -m sweep=<name>`, or `-m key=a,b`) is one wandb group named
-after the sweep and its start time; each job's run name is built from its swept overrides
-(`lambda=0.5`, `rate=0.3,kappa=2`) and the swept values are top-level config keys, so the
-dashboard's grouping and parallel-coordinates panels work on them. `SweepCallback` (registered
-in conf/config.yaml) composes and validates every job of a grid sweep before any job starts,
+A multirun (`python -m c2f_exp -m sweep=<name>`, or an ad-hoc grid `-m key=a,b`) is one tracker
+group, `<sweep name>-<id>` (`multirun-<id>` for an ad-hoc grid), where the id is written once
+into the sweep dir (`sweep_id`, first writer wins) and read by every job: the same group under
+any launcher (basic, joblib, submitit), for any `hydra.sweep.dir`, and when the multirun is run
+again in the same dir. Each job's run name is built from its swept overrides (`lambda=0.5`,
+`rate=0.3,kappa=2`); the swept values are top-level config keys (numbers stay numbers; a per-layer
+λ list also gives numeric `lambda_first`/`lambda_last`), so the dashboard's grouping and
+parallel-coordinates panels work on them. `SweepCallback` (registered in conf/config.yaml)
+composes and validates every job of a grid sweep and checks the tracker before any job starts,
 and writes `compare.md/.csv` + plots into the sweep directory when the sweep ends.
 """
 
@@ -12,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -20,12 +26,53 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from c2f_exp.analysis.summary import ends
 from c2f_exp.core.overrides import ALIASES, short_name  # noqa: F401  (re-exported)
 from c2f_exp.core.overrides import parse as _parse
 from c2f_exp.core.secrets import redact_text, scrub_yaml
 from c2f_exp.core.tracking import RunIdentity
 
 log = logging.getLogger(__name__)
+SWEEP_ID = "sweep_id"  # <sweep dir>/sweep_id: the multirun's id, written once
+AD_HOC = "multirun"  # group prefix and job_type of a `-m key=a,b` grid without sweep=<name>
+PER_LAYER = ("merger.coefficient",)  # may be a list (one value per layer): also _first/_last
+
+
+def sweep_id(sweep_dir: Path) -> str:
+    """The multirun's id (`<date>-<time>-<6 hex>`), created by whoever asks first.
+
+    Written to a temp file and hard-linked into place: the link fails if the file exists, so
+    concurrent jobs (joblib, submitit) agree on the first writer's id, and a multirun run again
+    in the same dir keeps it."""
+    path = sweep_dir / SWEEP_ID
+    if not path.is_file():
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        new = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        tmp = sweep_dir / f".{SWEEP_ID}.{os.getpid()}.{secrets.token_hex(4)}"
+        tmp.write_text(new + "\n")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another job was first: use its id
+        finally:
+            tmp.unlink(missing_ok=True)
+    return path.read_text().strip()
+
+
+def numbers(cfg: DictConfig, swept: dict[str, Any], parsed: dict[str, Any]) -> dict[str, float]:
+    """Numeric forms of list-valued settings: the per-layer keys (from the resolved config, so
+    `sweep.vars` interpolations count) and every swept list of numbers."""
+    out: dict[str, float] = {}
+    for key in PER_LAYER:
+        try:
+            value = OmegaConf.select(cfg, key, default=None)
+        except Exception:  # a broken interpolation: validate() names it, not the identity
+            value = None
+        out.update(ends(short_name(key), value))
+    for name, value in parsed.items():
+        if isinstance(value, list):
+            out.update(ends(name, value))
+    return {k: v for k, v in out.items() if k not in swept}
 
 
 def swept_keys(hc: Any) -> list[str]:
@@ -54,31 +101,30 @@ def _value(o: Any) -> Any:
 
 
 def identity(cfg: DictConfig, run_dir: Path) -> RunIdentity:
-    """This job's wandb group/name/job_type and swept values (Hydra's runtime config)."""
+    """This job's tracker group/name/job_type and swept values (Hydra's runtime config)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     hc = HydraConfig.get() if HydraConfig.initialized() else None  # None: called from Python
     sweep_name = cfg.sweep.name
-    job_type = sweep_name or cfg.experiment_name
     overrides = list(hc.overrides.task) if hc is not None else []
     recorded = [redact_text(o) for o in overrides]  # manifest.json: no secrets, no URL creds
     if hc is None or hc.mode != RunMode.MULTIRUN:
         name = f"{cfg.experiment_name}-{run_dir.name}"
-        return RunIdentity(
-            cfg.tracker.group or cfg.experiment_name, job_type, name, False, {}, recorded
-        )
+        group = cfg.tracker.group or cfg.experiment_name
+        job_type = sweep_name or cfg.experiment_name
+        return RunIdentity(group, job_type, name, False, {}, recorded, numbers(cfg, {}, {}))
     sweep_dir = Path(str(hc.sweep.dir))
-    start = "_".join(sweep_dir.parts[-2:])  # outputs/multirun/<date>/<time>: one group per run
-    group = cfg.tracker.group or f"{sweep_name or cfg.experiment_name}-{start}"
+    sid = sweep_id(sweep_dir)  # one id per multirun, whatever the dir is called
+    job_type = sweep_name or AD_HOC  # an ad-hoc grid is not "the experiment's sweep"
+    group = cfg.tracker.group or f"{job_type}-{sid}"
     keys = {k.lstrip("+~") for k in swept_keys(hc)}
-    swept = {
-        short_name(o.key_or_group): _value(o)
-        for o in _parse(overrides)
-        if o.key_or_group in keys  # key_or_group carries no +/~ prefix
-    }
+    chosen = [o for o in _parse(overrides) if o.key_or_group in keys]  # no +/~ in key_or_group
+    swept = {short_name(o.key_or_group): _value(o) for o in chosen}
+    parsed = {short_name(o.key_or_group): o.value() for o in chosen}
     name = ",".join(f"{k}={v}" for k, v in swept.items()) or f"job{hc.job.num}"
-    return RunIdentity(group, job_type, name, True, swept, recorded)
+    extra = numbers(cfg, swept, parsed)
+    return RunIdentity(group, job_type, name, True, swept, recorded, extra, str(sweep_dir), sid)
 
 
 def objective_value(cfg: DictConfig, manifest: dict[str, Any] | None) -> float | None:
@@ -134,15 +180,20 @@ class SweepCallback(Callback):
     """Hydra callback: validate a grid sweep up front; compare its jobs when it ends."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from c2f_exp.core import tracking
+        from c2f_exp.core.errors import C2FError
+
         t0 = time.time()
         try:
             n = validate_jobs(config)
-        except SweepError as e:
+            tracking.preflight(config.tracker, _root_dir(config))  # a dead server: no job runs
+        except (SweepError, C2FError) as e:
             log.error("%s", e)
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
+        sid = sweep_id(Path(str(config.hydra.sweep.dir)))  # before any job: theirs to read
         if n:
-            log.info("sweep: %d jobs composed and validated in %.1fs", n, time.time() - t0)
+            log.info("sweep %s: %d jobs composed and validated in %.1fs", sid, n, time.time() - t0)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from c2f_exp.analysis import compare
@@ -153,8 +204,10 @@ class SweepCallback(Callback):
             table = compare.compare([sweep_dir], sweep_dir)
         except Exception as e:  # the jobs' own results stay; only the summary is missing
             log.error("sweep: could not write the comparison (%s: %s)", type(e).__name__, e)
+            _end_mlflow_parent(config, sweep_dir, False)
             return
         failed = [r for r in table if r["status"] == "failed"]
+        _end_mlflow_parent(config, sweep_dir, bool(failed))
         log.info(
             "sweep: %d jobs, %d failed; comparison: %s",
             len(table),
@@ -165,3 +218,24 @@ class SweepCallback(Callback):
             for r in failed:
                 print(f"error: sweep job {r['job']} failed: {r.get('error', '')}", file=sys.stderr)
             raise SystemExit(2)
+
+
+def _root_dir(config: DictConfig) -> str | None:
+    """paths.root_dir of the master's config (None where it cannot be resolved here)."""
+    try:
+        return str(OmegaConf.select(config, "paths.root_dir"))
+    except Exception:  # ${hydra:...} outside a job
+        return None
+
+
+def _end_mlflow_parent(config: DictConfig, sweep_dir: Path, failed: bool) -> None:
+    from c2f_exp.core.tracking import backends_of
+
+    if "mlflow" not in backends_of(config.tracker):
+        return
+    from c2f_exp.core import tracking_mlflow
+
+    try:
+        tracking_mlflow.end_parent(config.tracker, _root_dir(config), sweep_dir, failed)
+    except Exception as e:  # the jobs' runs are complete; only the parent's status is stale
+        log.warning("sweep: could not end the MLflow parent run (%s: %s)", type(e).__name__, e)

@@ -4,9 +4,11 @@ Each argument is a multirun directory (its numbered job dirs are found), a singl
 directory, or a folder holding several of either. For every job it reads `manifest.json`
 (written even when a job fails) and Hydra's `.hydra/overrides.yaml`, and writes:
 
-* `compare.csv`: one row per job: the swept values, every headline number (analysis/summary.py:
-  gold facts, gold total, repetition, explanations, reward, MT-Bench average, lm-eval accuracy,
-  generated tokens, seconds and reused/done per stage) and the job's status and error;
+* `compare.csv`: one row per job: the swept values (numbers as numbers; a per-layer λ list
+  also as numeric `lambda_first`/`lambda_last` columns beside it), every headline number
+  (analysis/summary.py: gold facts, gold total, repetition, explanations, reward, MT-Bench
+  average, lm-eval accuracy, generated tokens, seconds and reused/done per stage) and the job's
+  status and error;
 * `compare.md`: the same as a Markdown table of the main columns, plus mean ± s.e. over seeds
   when `seed` is swept;
 * `compare_<param>.png`: metrics against each swept parameter, error bars over seeds; and
@@ -26,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from c2f_exp.analysis.summary import SEED_KEYS, TABLE, groups, headline, mean_se, number
+from c2f_exp.analysis.summary import SEED_KEYS, TABLE, ends, groups, headline, mean_se, number
 from c2f_exp.core.overrides import parse as _parse
 from c2f_exp.core.overrides import short_name
 
@@ -93,14 +95,39 @@ def swept_params(rows: list[dict[str, Any]]) -> list[str]:
     return [k for k in keys if len({r["overrides"].get(k) for r in rows}) > 1]
 
 
+def typed(v: Any) -> Any:
+    """An override's text as what it denotes, read by Hydra's own grammar: '2' -> 2,
+    '1e-3' -> 0.001, '[0.5,1.5]' -> [0.5, 1.5]; other text (options, 'none', bools) as given."""
+    if not isinstance(v, str):
+        return v
+    try:
+        out = _parse([f"x={v}"])[0].value()
+    except Exception:  # not a value Hydra's grammar reads
+        return v
+    ok = isinstance(out, (int, float, list)) and not isinstance(out, bool)
+    return out if ok else v
+
+
 def table(rows: list[dict[str, Any]], params: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
-    """Flat rows for the CSV: swept values (short names), status, every headline key."""
+    """Flat rows for the CSV: swept values (short names, typed), status, every headline key.
+
+    A parameter that takes a list in any job (per-layer λ) keeps its text and gains numeric
+    `<name>_first`/`<name>_last` columns, so spreadsheets and plots get numbers."""
+    listy = [k for k in params if any(isinstance(typed(r["overrides"].get(k)), list)
+                                      for r in rows)]  # fmt: skip
     flat = []
     for r in rows:
-        d = {"job": r["job"], **{short_name(k): r["overrides"].get(k) for k in params}}
+        d: dict[str, Any] = {"job": r["job"]}
+        for k in params:
+            v = typed(r["overrides"].get(k))
+            d[short_name(k)] = r["overrides"].get(k) if isinstance(v, list) else v
+            if k in listy:
+                d.update(ends(short_name(k), v))
         d.update({k: v for k, v in r.items() if k not in ("overrides", "job")})
         flat.append(d)
-    first = ["job", *(short_name(k) for k in params), "status"]
+    names = [[short_name(k), *ends(short_name(k), 0)] if k in listy else [short_name(k)]
+             for k in params]  # fmt: skip
+    first = ["job", *(n for ns in names for n in ns), "status"]
     rest = sorted({k for d in flat for k in d} - set(first) - {"error", "path"})
     return [*first, *rest, "error", "path"], flat
 
@@ -109,8 +136,9 @@ def _fixed(x: float) -> str:
     return f"{x:.0f}" if abs(x) >= 1000 else f"{x:.2f}"
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
+def _fmt(v: Any, param: bool = False) -> str:
+    """A cell: metrics rounded; a parameter's value as written (0.5, not 0.50)."""
+    if isinstance(v, float) and not param:
         return str(int(v)) if v.is_integer() else _fixed(v)
     return "" if v is None else str(v).replace("|", "\\|")
 
@@ -121,7 +149,7 @@ def markdown(columns: list[str], flat: list[dict[str, Any]], params: list[str]) 
     cols += [c for c in TABLE if any(d.get(c) is not None for d in flat)]
     lines = ["| job | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for d in flat:
-        cells = [_fmt(d.get(c)) for c in cols]
+        cells = [_fmt(d.get(c), i < cols.index("status")) for i, c in enumerate(cols)]
         if d["status"] != "done":
             cells[cols.index("status")] = f"**{d['status']}**: {_fmt(d.get('error', ''))}"
         lines.append(f"| {d['job']} | " + " | ".join(cells) + " |")
@@ -137,7 +165,8 @@ def markdown(columns: list[str], flat: list[dict[str, Any]], params: list[str]) 
             for m in metrics:
                 vals = [d[m] for d in ds if number(d.get(m)) is not None]
                 cells.append(" ± ".join(map(_fixed, mean_se(vals))) if vals else "")
-            lines.append("| " + " | ".join([*map(_fmt, key), str(len(ds)), *cells]) + " |")
+            vals = [_fmt(v, param=True) for v in key]
+            lines.append("| " + " | ".join([*vals, str(len(ds)), *cells]) + " |")
     return "\n".join(lines) + "\n"
 
 

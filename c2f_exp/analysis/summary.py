@@ -12,6 +12,7 @@ coarse stage, so a merge sweep can say how much of the Coarse Actor's facts the 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from typing import Any
 
 EVAL_ORDER = ("fine", "coarse", "instruct", "base")
@@ -47,6 +48,17 @@ TABLE = (
 def number(v: Any) -> float | None:
     """`v` as a float if it is a number (bools are not), else None."""
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def ends(name: str, value: Any) -> dict[str, int | float]:
+    """`{name}_first`, `{name}_last` of a number or a list of numbers (else {}): a per-layer λ
+    `[0.5, 1.5]` plots on a numeric axis as lambda_first=0.5, lambda_last=1.5 (a scalar λ:
+    both equal it, so one panel shows a sweep mixing both forms)."""
+    seq = isinstance(value, Sequence) and not isinstance(value, str)
+    vals = list(value) if seq else [value]  # lists, tuples, OmegaConf's ListConfig
+    if not vals or any(number(v) is None for v in vals):
+        return {}
+    return {f"{name}_first": vals[0], f"{name}_last": vals[-1]}
 
 
 def _eval_model(metrics: dict[str, Any]) -> str | None:

@@ -1,9 +1,14 @@
-"""Experiment tracking: wandb (offline unless configured) plus a local metrics.jsonl per stage.
+"""Experiment tracking: a metrics.jsonl per stage, plus the backends of `tracker.backends`.
 
-wandb never prompts for a login: the mode comes from `tracker.mode` (default offline; `wandb sync`
-uploads later). The logged config is resolved and has secret-looking values and URL
-credentials redacted, and wandb records neither the command line nor the program
-(`_settings`): its offline run file and metadata would otherwise hold every override as typed.
+Backends: wandb (tracking_wandb.py: offline unless configured, never a login prompt) and MLflow
+(tracking_mlflow.py: a run per job, nested under one parent run per multirun); `tracker=many`
+logs to both. Every backend gets the same things: the resolved config with secret-looking
+values and URL credentials redacted, the job's swept values (top-level, numbers as numbers),
+per-step series `<stage>/<key>` against `<stage>/step`, stage summaries, plots, and the
+headline numbers as `final/<name>`. A stage reused from the cache replays its stored
+metrics.jsonl rows (same keys, same steps), so every job of a sweep shows the curves of every
+stage it used. A backend that fails mid-run is logged once and dropped: tracking never costs a
+trained artifact.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 from c2f_exp.core.secrets import REDACTED, redact  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
+NOT_METRICS = ("time", "stage", "step")  # bookkeeping fields of a metrics.jsonl row
 
 
 def _config_value(v: Any) -> Any:
@@ -34,9 +40,18 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def numeric(row: dict[str, Any]) -> dict[str, float | int | bool]:
+    """The plottable values of a row (finite numbers; bookkeeping fields dropped)."""
+    return {
+        k: v
+        for k, v in row.items()
+        if k not in NOT_METRICS and isinstance(v, (int, float, bool)) and math.isfinite(v)
+    }
+
+
 @dataclass
 class RunIdentity:
-    """How one job shows up in wandb and manifest.json (built by c2f_exp.sweeping.identity)."""
+    """How one job shows up in trackers and manifest.json (built by c2f_exp.sweeping.identity)."""
 
     group: str
     job_type: str
@@ -44,22 +59,40 @@ class RunIdentity:
     multirun: bool
     swept: dict[str, Any] = field(default_factory=dict)  # short name -> value
     overrides: list[str] = field(default_factory=list)  # the job's command-line overrides
+    numbers: dict[str, float] = field(default_factory=dict)  # e.g. lambda_first / lambda_last
+    sweep_dir: str | None = None  # the multirun's directory (MLflow keeps its parent run there)
+    sweep_id: str | None = None  # written once per multirun into sweep_dir (sweeping.sweep_id)
+
+    def config_keys(self) -> dict[str, Any]:
+        """Top-level config keys / params: swept values, then their numeric forms."""
+        return {**{k: _config_value(v) for k, v in self.swept.items()}, **self.numbers}
 
 
-def _settings(wandb: Any) -> Any:
-    """No console capture, and nothing about the process recorded: `x_disable_meta` drops the
-    metadata (command-line args, program, host, env-derived fields) from the run files,
-    `disable_code`/`save_code=False`/`disable_git` keep source and git state out."""
-    return wandb.Settings(
-        console="off",
-        silent=True,
-        x_disable_meta=True,
-        x_disable_machine_info=True,
-        disable_code=True,
-        save_code=False,
-        disable_git=True,
-        program="c2f_exp",
-    )
+def backends_of(tcfg: Any) -> list[str]:
+    """`tracker.backends` as plain names ([] for none); a bare `backend: x` node also works."""
+    names = tcfg.get("backends") if "backends" in tcfg else [tcfg.get("backend", "none")]
+    return [str(b) for b in names or [] if str(b) != "none"]
+
+
+def preflight(tcfg: Any, root_dir: str | None = None) -> None:
+    """Cheap checks before any stage runs: a configured MLflow server answers (short timeout).
+    Raises ConfigError naming `tracker.*` and the URL."""
+    if "mlflow" in backends_of(tcfg):
+        from c2f_exp.core import tracking_mlflow
+
+        tracking_mlflow.preflight(tcfg, root_dir)
+
+
+def _open(backend: str, tcfg: Any, run_dir: Path, config: dict, ident: RunIdentity) -> Any:
+    if backend == "wandb":
+        from c2f_exp.core.tracking_wandb import WandbRun
+
+        return None if str(tcfg.mode) == "disabled" else WandbRun(tcfg, run_dir, config, ident)
+    if backend == "mlflow":
+        from c2f_exp.core.tracking_mlflow import MlflowRun
+
+        return MlflowRun(tcfg, run_dir, config, ident)
+    raise ValueError(f"tracker backend {backend!r} is not one of wandb, mlflow, none")
 
 
 class Tracker:
@@ -75,82 +108,79 @@ class Tracker:
         ident: RunIdentity | None = None,
     ):
         ident = ident or RunIdentity(group, group, name, False)
-        self.backend = tcfg.backend
+        self.backends = backends_of(tcfg)
         self._metrics_path: Path | None = None
         self._stage = ""
-        self._run = None
-        if self.backend == "wandb" and tcfg.mode != "disabled":
-            import wandb
+        safe = redact({**config, **ident.config_keys()})  # secrets never leave the process
+        runs = [_open(b, tcfg, run_dir, safe, ident) for b in self.backends]
+        self._runs = [r for r in runs if r is not None]
 
-            tags = [*tcfg.tags, *([f"sweep:{ident.job_type}"] if ident.multirun else [])]
-            self._run = wandb.init(
-                project=tcfg.project,
-                entity=tcfg.entity,
-                group=ident.group,  # one group per multirun: its jobs side by side
-                job_type=ident.job_type,
-                name=ident.name,  # e.g. lambda=0.5 (the job's swept values)
-                tags=tags,
-                # swept values as top-level keys: the dashboard groups and plots by them
-                config=redact({**config, **{k: _config_value(v) for k, v in ident.swept.items()}}),
-                dir=str(run_dir),
-                mode=str(tcfg.mode),  # a plain str, not the TrackerMode enum member
-                settings=_settings(wandb),
-            )
-            log.info(
-                "wandb %s run %s (group %s, dir %s)", tcfg.mode, self._run.id, ident.group, run_dir
-            )
+    @property
+    def backend(self) -> str:
+        """The first backend's name, or 'none' (older callers read one name)."""
+        return self.backends[0] if self.backends else "none"
+
+    def _each(self, method: str, *args: Any) -> None:
+        for run in list(self._runs):
+            try:
+                getattr(run, method)(*args)
+            except Exception as e:  # a dead server must not cost the stage being trained
+                log.error("tracker %s failed (%s: %s); it logs nothing more", run.name,
+                          type(e).__name__, e)  # fmt: skip
+                self._runs.remove(run)
 
     def stage(self, name: str, stage_dir: Path) -> None:
         stage_dir.mkdir(parents=True, exist_ok=True)
         self._stage = name
         self._metrics_path = stage_dir / "metrics.jsonl"
-        if self._run is not None:  # each stage has its own x-axis: <stage>/step
-            self._run.define_metric(f"{name}/step")
-            self._run.define_metric(f"{name}/*", step_metric=f"{name}/step")
+        self._each("stage", name)
 
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
-        """Append to metrics.jsonl and log to wandb under `<stage>/`."""
+        """Append to metrics.jsonl and log the numbers to each backend under `<stage>/`."""
         row = {k: _jsonable(v) for k, v in metrics.items()}
+        now = time.time()
         if self._metrics_path is not None:
-            rec = {"time": time.time(), "stage": self._stage, "step": step, **row}
+            rec = {"time": now, "stage": self._stage, "step": step, **row}
             with open(self._metrics_path, "a") as fh:
                 fh.write(json.dumps(rec) + "\n")
-        if self._run is not None:
-            data = {
-                f"{self._stage}/{k}": v
-                for k, v in row.items()
-                if isinstance(v, (int, float, bool))
-            }
-            if step is not None:
-                data[f"{self._stage}/step"] = step
-            self._run.log(data)
+        self._each("log", self._stage, numeric(row), step, now)
+
+    def replay(self, metrics_jsonl: Path) -> int:
+        """Send a reused stage's stored rows to the backends: the same `<stage>/<key>` series
+        on the same `<stage>/step` axis (and, in MLflow, the original timestamps), so a job
+        that reused the Coarse Actor shows its curves. metrics.jsonl itself is not rewritten.
+        Returns the number of rows replayed."""
+        n = 0
+        with open(metrics_jsonl) as fh:
+            for line in fh:
+                if not line.strip():
+                    continue
+                rec = json.loads(line)
+                stage = rec.get("stage") or self._stage
+                self._each("log", stage, numeric(rec), rec.get("step"), rec.get("time"))
+                n += 1
+        return n
 
     def summary(self, metrics: dict[str, Any]) -> None:
-        if self._run is not None:
-            for k, v in metrics.items():
-                if isinstance(v, (int, float, bool, str)):
-                    self._run.summary[f"{self._stage}/{k}"] = v
+        """Stage-level values (`<stage>/<key>`): numbers, and text such as status/artifact."""
+        keep = {k: _jsonable(v) for k, v in metrics.items()}
+        keep = {k: v for k, v in keep.items() if isinstance(v, (int, float, bool, str))}
+        self._each("summary", self._stage, keep)
 
     def images(self, paths: list[Path]) -> None:
-        """Log PNG plots of the current stage as wandb images (`<stage>/<file stem>`)."""
-        if self._run is None or not paths:
-            return
-        import wandb
+        """PNG plots of the current stage (`<stage>/<file stem>`)."""
+        if paths:
+            self._each("images", self._stage, paths)
 
-        self._run.log({f"{self._stage}/{p.stem}": wandb.Image(str(p)) for p in paths})
+    def files(self, paths: list[Path]) -> None:
+        """Files of the current stage kept with the run (e.g. eval's report.md)."""
+        if paths:
+            self._each("files", self._stage, paths)
 
     def final(self, headline: dict[str, Any], columns: list[str], rows: list[list]) -> None:
-        """The run's headline numbers as `final/<name>` summary keys, and the eval table."""
-        if self._run is None:
-            return
-        for k, v in headline.items():
-            self._run.summary[f"final/{k}"] = _jsonable(v)
-        if rows:
-            import wandb
-
-            self._run.log({"eval/table": wandb.Table(columns=columns, data=rows)})
+        """The run's headline numbers as `final/<name>`, and the eval table."""
+        self._each("final", {k: _jsonable(v) for k, v in headline.items()}, columns, rows)
 
     def finish(self, exit_code: int = 0) -> None:
-        if self._run is not None:
-            self._run.finish(exit_code=exit_code)
-            self._run = None
+        self._each("finish", exit_code)
+        self._runs = []

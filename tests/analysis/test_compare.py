@@ -135,3 +135,25 @@ def test_seed_means_skip_jobs_that_lack_a_metric(tmp_path):
     md = (d / "compare.md").read_text()
     assert "| 2 | 5.00 ± 1.00 |" in md  # facts over both seeds
     assert "3.00 ± 0.00" in md  # mt_bench from seed 0 alone
+
+
+def test_per_layer_lambda_gets_numeric_first_and_last_columns(tmp_path):
+    d = tmp_path / "multirun"
+    for n, lam in enumerate(["0.5", "[0.5,1.5]", "2"]):
+        write_job(d, n, [f"merger.coefficient={lam}", "merger.filter=none"], manifest(5, 0, 3))
+    rows = compare.compare([d], d)
+    assert [(r["lambda"], r["lambda_first"], r["lambda_last"]) for r in rows] == [
+        (0.5, 0.5, 0.5),
+        ("[0.5,1.5]", 0.5, 1.5),
+        (2, 2, 2),
+    ]  # numbers typed as numbers
+    with open(d / "compare.csv") as fh:
+        table = list(csv.DictReader(fh))
+    assert list(table[0])[:5] == ["job", "lambda", "lambda_first", "lambda_last", "status"]
+    assert [t["lambda_last"] for t in table] == ["0.5", "1.5", "2"]
+    assert "| 0 | 0.5 | 0.5 | 0.5 | done |" in (d / "compare.md").read_text()  # as written
+
+
+def test_swept_values_are_typed():
+    assert [compare.typed(v) for v in ["2", "0.5", "1e-3", "[1,2]", "none", "true", None]] == [
+        2, 0.5, 0.001, [1, 2], "none", "true", None]  # fmt: skip
