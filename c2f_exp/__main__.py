@@ -44,6 +44,11 @@ def _app(cfg: DictConfig) -> float | None:
         log.warning("sweep=%s without -m runs one job with the defaults: add -m", cfg.sweep.name)
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     try:
+        if cfg.plan:  # what the run would cost, before any GPU hour: nothing is trained
+            from c2f_exp.plan import print_plan
+
+            print_plan(cfg)
+            return None
         n_ranks = launch.ranks_to_start(cfg)  # distributed without a launcher: start ranks
         if n_ranks:
             rc = launch.launch(n_ranks, list(hc.overrides.task), run_dir)

@@ -5,6 +5,10 @@ Hydra prints these as several lines (and for a misspelt key suggests `+key=value
 add the typo to the config). `install()` wraps Hydra's reporter so an exception raised *before
 the job starts* (composition) is printed as `error: <one line>`; errors raised inside the job
 keep their own handling. `HYDRA_FULL_ERROR=1` still shows Hydra's full trace.
+
+The same wrapper gives SIGTERM (SLURM's time limit) and SIGINT (Ctrl-C) the exception path
+(c2f_exp/core/signals.py): manifest `failed`, locks released, temp dirs removed, then one
+`error: interrupted by SIGTERM; ...` line and exit 143 (130 for Ctrl-C).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import re
 import sys
 from typing import Any
 
+from c2f_exp.core import signals
 from c2f_exp.core.secrets import redact_text
 
 _state = {"job_started": False}
@@ -45,9 +50,12 @@ def _unknown_key(full_key: str, override: str) -> str:
 
 def one_line(ex: BaseException) -> str | None:
     """A one-line message for a Hydra/OmegaConf composition error, or None for other errors."""
+    import yaml
     from hydra.errors import HydraException, MissingConfigException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
+    if isinstance(ex, yaml.YAMLError):  # a config file that is not YAML (conf/local/default.yaml)
+        return _yaml_error(ex)
     if not isinstance(ex, (HydraException, OmegaConfBaseException)):
         return None
     text, cause = str(ex), ex.__cause__
@@ -82,10 +90,22 @@ def one_line(ex: BaseException) -> str | None:
     return " ".join(x.strip() for x in text.strip().splitlines() if x.strip()) or type(ex).__name__
 
 
+def _yaml_error(ex: Any) -> str:
+    """`<file> line <l> column <c>: <problem> (<context>); fix its YAML syntax`."""
+    mark = getattr(ex, "problem_mark", None)
+    where = f"{mark.name} line {mark.line + 1} column {mark.column + 1}" if mark else "a config"
+    what = " ".join(str(x) for x in (getattr(ex, "problem", None) or ex,) if x)
+    ctx = getattr(ex, "context", None)
+    return f"{where}: {what}{f' ({ctx})' if ctx else ''}; fix its YAML syntax"
+
+
 def install() -> None:
     """Wrap `hydra._internal.utils.run_and_report` (what `@hydra.main` reports errors with)."""
     import hydra._internal.utils as hu
 
+    from c2f_exp.core.secrets import install_log_redaction
+
+    install_log_redaction()  # Hydra logs each multirun job's overrides (URL credentials too)
     _state["job_started"] = False  # a new command line (tests call main() more than once)
     original = hu.run_and_report
     if getattr(original, "_c2f", False):
@@ -94,7 +114,10 @@ def install() -> None:
     def run_and_report(func: Any) -> Any:
         def guarded() -> Any:
             try:
-                return func()
+                with signals.handled():  # SIGTERM/SIGINT raise Interrupted: the error path
+                    return func()
+            except (signals.Interrupted, KeyboardInterrupt) as ex:
+                raise SystemExit(signals.report(ex)) from None  # one line, exit 143 / 130
             except Exception as ex:
                 msg = None if _state["job_started"] else one_line(ex)
                 if msg is None or os.environ.get("HYDRA_FULL_ERROR") == "1":

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +40,7 @@ from c2f_exp.reward.config import RewardConf
 from c2f_exp.sources import source_for
 
 STAGE_ORDER = ("prepare", "reward", "coarse", "merge", "eval")
-TrackerBackend = choice("TrackerBackend", ("wandb", "none"), __name__)
+TrackerBackend = choice("TrackerBackend", ("wandb", "mlflow"), __name__)
 TrackerMode = choice("TrackerMode", ("offline", "online", "disabled"), __name__)
 
 
@@ -84,6 +86,25 @@ def _pretrain() -> TrainConf:
 
 
 @dataclass
+class RehearsalConf:
+    """`debug=micro` on hub models: the 7B code path at tiny widths (docs/gpus.md).
+
+    `prepare` builds base and instruct of the configured classes from their config.json with
+    these widths (random weights, the real tokenizers and chat templates; no weights loaded),
+    and the later stages read at most these many rows and questions."""
+
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    max_rows: int = 48  # rows read from each preference / prompt data set
+    mt_bench_per_category: int = 1  # MT-Bench questions per category
+    lm_eval_limit: int = 4  # examples per lm-eval task
+    max_new_tokens: int = 16  # MT-Bench answer tokens per turn
+
+
+@dataclass
 class ModelConf:
     name: str = MISSING
     source: Source = Source.tinyworld  # tinyworld: built by `prepare`; hub: loaded by path/id
@@ -93,6 +114,7 @@ class ModelConf:
     pretrain: TrainConf = field(default_factory=_pretrain)  # causal-LM pretraining (tiny)
     # short-answer and two-turn SFT (tiny)
     sft: TrainConf = field(default_factory=lambda: TrainConf(steps=300, lr=3e-4))
+    rehearsal: RehearsalConf | None = None  # hub models only; debug=micro sets it
 
 
 @dataclass
@@ -126,13 +148,24 @@ class DataConf:
 
 
 @dataclass
+class MlflowConf:
+    # null: $MLFLOW_TRACKING_URI when set, else sqlite:///<paths.root_dir>/outputs/mlflow.db
+    tracking_uri: str | None = None
+    experiment: str | None = None  # null: tracker.project
+    timeout_s: float = 5.0  # the server must answer /health this fast at preflight (no hang)
+
+
+@dataclass
 class TrackerConf:
-    backend: TrackerBackend = TrackerBackend.wandb
-    mode: TrackerMode = TrackerMode.offline  # online: needs WANDB_API_KEY
-    project: str = "c2f_exp"
-    entity: str | None = None
-    group: str | None = None  # default: experiment_name
+    """`tracker=wandb|mlflow|many|none` (conf/tracker/): which backends, and their settings."""
+
+    backends: list[TrackerBackend] = field(default_factory=lambda: [TrackerBackend.wandb])
+    mode: TrackerMode = TrackerMode.offline  # wandb; online: needs WANDB_API_KEY
+    project: str = "c2f_exp"  # wandb project; the MLflow experiment unless mlflow.experiment
+    entity: str | None = None  # wandb
+    group: str | None = None  # null: experiment_name; in a multirun `<sweep name>-<sweep id>`
     tags: list[str] = field(default_factory=list)
+    mlflow: MlflowConf = field(default_factory=MlflowConf)
 
 
 @dataclass
@@ -146,7 +179,7 @@ class PathsConf:
 class SweepConf:
     """What a ready-made sweep (`sweep=<name>`, files in sweeps/) sets besides its parameters."""
 
-    name: str | None = None  # names the wandb group (with the sweep's start time) and job_type
+    name: str | None = None  # names the tracker group (with the sweep's id) and job_type
     # A manifest metric `<stage>/<metric key>` returned to Hydra sweepers that optimise (optuna),
     # e.g. eval/fine/tinyworld_about/gold_total. null: the job returns nothing.
     objective: str | None = None
@@ -161,6 +194,7 @@ class C2FConfig:
     seed: int = 0
     stages: list[str] = field(default_factory=lambda: list(STAGE_ORDER))
     force: bool = False  # recompute stages even when a cached artifact matches
+    plan: bool = False  # print models, rows, token budgets and GPU memory per stage; run nothing
     model: ModelConf = field(default_factory=ModelConf)
     data: DataConf = field(default_factory=DataConf)
     tracker: TrackerConf = field(default_factory=TrackerConf)
@@ -180,7 +214,16 @@ class C2FConfig:
 FREE_FORM = ("eval.models", "eval.chat", "merger.module_overrides", "sweep.vars")
 
 
+@functools.cache
+def run_id() -> str:
+    """Six hex digits drawn once per process: `${run_id:}` in conf/config.yaml's
+    `hydra.run.dir`, so two runs started in the same second get separate run dirs."""
+    return secrets.token_hex(3)
+
+
 def register() -> None:
+    if not OmegaConf.has_resolver("run_id"):
+        OmegaConf.register_new_resolver("run_id", run_id)
     node = OmegaConf.structured(C2FConfig)
     for key in FREE_FORM:
         OmegaConf.set_struct(OmegaConf.select(node, key), False)
@@ -229,6 +272,9 @@ def validate(cfg: DictConfig, implemented: tuple[str, ...]) -> None:
         raise bad_value("stages", list(cfg.stages), "in pipeline order " + ", ".join(STAGE_ORDER))
     if len(set(cfg.stages)) != len(cfg.stages):
         raise bad_value("stages", list(cfg.stages), "a list without repeats")
+    if not cfg.stages:
+        raise bad_value("stages", [], "a non-empty list", "e.g. stages=[prepare,reward]")
+    _check_seeds(cfg)
     _validate_groups(cfg)
     objective = cfg.sweep.objective
     if objective is not None and (
@@ -242,6 +288,21 @@ def validate(cfg: DictConfig, implemented: tuple[str, ...]) -> None:
             "e.g. sweep.objective=eval/fine/tinyworld_about/gold_total",
         )
     source_for(cfg, "model.source").validate_model(cfg)  # tiny: arch, world; hub: paths
+
+
+# Every seed of the config: numpy (transformers.set_seed) takes only 0 <= seed < 2**32, and
+# stages derive seeds by adding small offsets (world seed + 7, ...): 31 bits leave room.
+SEED_KEYS = ("seed", "data.world.seed", "coarse.seed", "merger.seed", "eval.seed")
+MAX_SEED = 2**31 - 1
+
+
+def _check_seeds(cfg: DictConfig) -> None:
+    for key in SEED_KEYS:
+        v = OmegaConf.select(cfg, key)
+        if v is not None and not 0 <= v <= MAX_SEED:
+            raise bad_value(
+                key, v, f"an integer in [0, {MAX_SEED}]", "numpy and torch seed from 32 bits"
+            )
 
 
 def _validate_groups(cfg: DictConfig) -> None:

@@ -23,6 +23,7 @@ from c2f_exp.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 LAUNCHER_VARS = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "ACCELERATE_USE_DEEPSPEED")
+RANKED_STAGES = ("reward", "coarse")  # the stages `distributed` trains; the rest run in one
 
 
 def under_launcher() -> bool:
@@ -38,6 +39,8 @@ def ranks_to_start(cfg: Any, gpus: int | None = None) -> int:
     """
     d = cfg.get("distributed")
     if d is None or str(d.backend) == "none" or under_launcher():
+        return 0
+    if not set(RANKED_STAGES) & set(cfg.get("stages") or ()):  # e.g. stages=[merge,eval]
         return 0
     if gpus is None:
         import torch

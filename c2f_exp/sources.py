@@ -36,6 +36,14 @@ from c2f_exp.core.errors import ConfigError, bad_value, check_positive, check_sa
 ROLES = ("base", "instruct")  # the models a run starts from
 HH_ROLES = {"user": "Human", "assistant": "Assistant"}  # HH-RLHF's transcript speakers
 
+
+def hh_transcript(turns: list[dict[str, str]]) -> str:
+    """Chat turns as the HH-RLHF transcript a base model continues, ready for the next reply:
+    "\n\nHuman: q\n\nAssistant: a ... \n\nAssistant:" (the format PPO trains the Coarse
+    Actor on, and the one eval prompts base models with)."""
+    return "".join(f"\n\n{HH_ROLES[t['role']]}: {t['content']}" for t in turns) + "\n\nAssistant:"
+
+
 Prompts = tuple[list[str], list, list[dict], str]  # texts, what the RM reads, held-out rows, where
 
 
@@ -46,6 +54,9 @@ class DataSource:
     builds_models: ClassVar[bool] = False  # prepare builds base/instruct from model.arch
     reads_prepare: ClassVar[bool] = False  # prompts, pairs and eval data are prepare's files
     has_gold_scorer: ClassVar[bool] = False  # the tiny world's gold scorer knows its prompts
+    # where a base model's reply ends when it goes on to write the next turn itself (rollouts
+    # and eval answers stop there as at EOS); None: the prompts are not transcripts
+    turn_marker: ClassVar[str | None] = None
 
     def prepare_subtree(self, cfg: Any) -> dict[str, Any]:
         """The part of the config `prepare`'s artifact depends on besides model and seed."""
@@ -59,6 +70,9 @@ class DataSource:
 
     def check_reward_data(self, r: Any) -> None:
         """Preflight of `reward.source` for a reward model to train (I/O)."""
+
+    def check_prompts(self, cfg: Any) -> None:
+        """Preflight of the coarse stage's prompts: each fits the policy's context (I/O)."""
 
     def model_refs(self, cfg: Any) -> dict[str, str]:
         """role -> resolved path or hub id of the models a run starts from (not built here)."""
@@ -144,15 +158,36 @@ class TinyWorldSource(DataSource):
                 "a divisor of hidden_size and a multiple of num_kv_heads",
             )
         for phase in ("pretrain", "sft"):
+            t = cfg.model[phase]
             for k in ("steps", "lr", "batch_size", "block_size"):
-                check_positive(f"model.{phase}.{k}", cfg.model[phase][k])
-            check_save_steps(f"model.{phase}.save_steps", cfg.model[phase].save_steps)
+                check_positive(f"model.{phase}.{k}", t[k])
+            check_save_steps(f"model.{phase}.save_steps", t.save_steps)
+            if t.warmup_steps < 0:
+                raise bad_value(f"model.{phase}.warmup_steps", t.warmup_steps, ">= 0")
+            if not 0 <= t.adam_beta2 < 1:
+                raise bad_value(f"model.{phase}.adam_beta2", t.adam_beta2, "in [0, 1)")
         w = cfg.data.world
         if w.n_entities < 4:
             raise bad_value("data.world.n_entities", w.n_entities, ">= 4")
         if not 0 < w.heldout_fraction < 1:
             raise bad_value(
                 "data.world.heldout_fraction", w.heldout_fraction, "strictly between 0 and 1"
+            )
+        held = max(1, round(w.heldout_fraction * w.n_entities))  # tinyworld.world.generate_world
+        if held >= w.n_entities:
+            raise bad_value(
+                "data.world.heldout_fraction",
+                w.heldout_fraction,
+                f"small enough to leave a training entity of data.world.n_entities="
+                f"{w.n_entities} ({held} held out)",
+                "lower it or raise data.world.n_entities",
+            )
+        if w.pref_per_entity < 1:
+            raise bad_value(
+                "data.world.pref_per_entity",
+                w.pref_per_entity,
+                ">= 1",
+                "the reward model trains on these preference pairs",
             )
         check_positive("data.world.n_docs", w.n_docs)
         if w.sft_dialogues_per_entity < 0:
@@ -175,6 +210,7 @@ class HubSource(DataSource):
     """Models by path or hub id, HH-RLHF-style preference data, FastChat's MT-Bench files."""
 
     name = "hub"
+    turn_marker = "\n\nHuman:"
 
     def prepare_subtree(self, cfg: Any) -> dict[str, Any]:
         return {"hub_data": cfg.data.hub}
@@ -182,15 +218,27 @@ class HubSource(DataSource):
     def check_models(self, cfg: Any) -> None:
         from c2f_exp.core import hub
 
+        refs = {}
         for role in ROLES:
             spec, key = cfg.model[role], f"model.{role}.path"
-            hub.check_local_weights(hub.resolve_model(spec.path, key, spec.revision), key)
+            refs[role] = ref = hub.resolve_model(spec.path, key, spec.revision)
+            if layout.rehearsing(cfg):  # tiny-width copies: config.json and tokenizer only
+                hub.check_config_json(ref, key)
+            else:
+                hub.check_local_weights(ref, key)
+        from c2f_exp.core.tokenizers import check_pair
+
+        check_pair(refs, cfg)  # one vocabulary and model class; EOS; a chat template if needed
 
     def check_data(self, cfg: Any) -> None:
         from c2f_exp.core import hub
         from c2f_exp.reward.preferences import check_hh_file
 
-        for key in ("preference_dataset", "prompt_dataset"):
+        keys = ["prompt_dataset"]
+        r, pref = cfg.reward, cfg.data.hub.preference_dataset
+        if not ("reward" in cfg.stages and not r.path and r.dataset and r.dataset != pref):
+            keys.append("preference_dataset")  # unless reward.dataset replaces it (checked there)
+        for key in keys:
             if cfg.data.hub[key]:
                 ref = hub.resolve_dataset(cfg.data.hub[key], f"data.hub.{key}")
                 check_hh_file(ref, f"data.hub.{key}")
@@ -200,6 +248,40 @@ class HubSource(DataSource):
         from c2f_exp.reward.preferences import check_hh_file
 
         check_hh_file(hub.resolve_dataset(r.dataset, "reward.dataset"), "reward.dataset")
+
+    def check_prompts(self, cfg: Any) -> None:
+        """No PPO prompt (with `coarse.prompt_prefix`) leaves fewer than the largest rollout
+        limit of the policy's context. Tokens never outnumber UTF-8 bytes (+ BOS), so only
+        prompts longer than that in bytes are tokenized."""
+        from c2f_exp.core import hub
+        from c2f_exp.core.errors import ConfigError
+
+        if not cfg.model.base.path or not cfg.data.hub.prompt_dataset:
+            return  # validate_model / check_data name what is missing
+        ref = hub.resolve_model(cfg.model.base.path, "model.base.path", cfg.model.base.revision)
+        context = hub.check_config_json(ref, "model.base.path").get("max_position_embeddings")
+        ls = cfg.length_schedule
+        top = max([x for x in (ls.get("l_max"), *(ls.get("limits") or [])) if x] or [0])
+        if not context:
+            return
+        room = int(context) - int(top)
+        prefix = str(cfg.coarse.prompt_prefix).replace("{bos}", "")
+        texts = self.ppo_prompts(cfg, None)[0]
+        long = [(i, prefix + x) for i, x in enumerate(texts) if len((prefix + x).encode()) >= room]
+        if not long:
+            return
+        from c2f_exp.core.tokenizers import load_tokenizer
+
+        tok = load_tokenizer(ref)
+        for i, text in long:
+            n = len(tok(text).input_ids)
+            if n > room:
+                raise ConfigError(
+                    f"data.hub.prompt_dataset={cfg.data.hub.prompt_dataset}: prompt {i} has {n} "
+                    f"tokens, and with rollouts of up to {top} (length_schedule) it does not fit "
+                    f"the policy's context of {context}; drop long rows from the data set or "
+                    "lower length_schedule.l_max"
+                )
 
     def model_refs(self, cfg: Any) -> dict[str, str]:
         from c2f_exp.core import hub
@@ -213,11 +295,9 @@ class HubSource(DataSource):
         from c2f_exp.reward.preferences import hh_pairs
 
         ref = hub.resolve_dataset(cfg.data.hub.prompt_dataset, "data.hub.prompt_dataset")
-        turns = [r["prompt"] for r in hh_pairs(ref, cfg.data.hub.prompt_split, None)]
-        texts = [
-            "".join(f"\n\n{HH_ROLES[t['role']]}: {t['content']}" for t in ts) + "\n\nAssistant:"
-            for ts in turns
-        ]
+        limit = cfg.model.rehearsal.max_rows if layout.rehearsing(cfg) else None
+        turns = [r["prompt"] for r in hh_pairs(ref, cfg.data.hub.prompt_split, limit)]
+        texts = [hh_transcript(ts) for ts in turns]
         return texts, turns, [], f"data.hub.prompt_dataset={ref}"
 
     def preference_pairs(self, r: Any, prepared: Path | None) -> tuple[list[dict], list[dict]]:

@@ -48,6 +48,14 @@ class Stage(Protocol):
         """Build the artifact in `out` (a temp dir renamed into place after). Returns metrics."""
 
 
+def model_dir(ctx: StageContext, role: str) -> str:
+    """Where the run's `base` or `instruct` model lives (layout.model_dir's rule: the config
+    path, the prepare artifact's copy, or the rehearsal's tiny-width copy)."""
+    from c2f_exp.core import layout
+
+    return layout.model_dir(ctx.cfg, ctx.upstream, role)
+
+
 def subtree(nodes: dict[str, Any]) -> dict[str, Any]:
     """A stage's config subtree as plain containers, each node resolved where it sits.
 

@@ -43,9 +43,10 @@ LAYERS: dict[int, tuple[str, ...]] = {
         "c2f_exp.evaluation.stage",
     ),
     # job identity, sweep checks, error lines, starting ranks
-    5: ("c2f_exp.sweeping", "c2f_exp.cli_errors", "c2f_exp.launch"),
+    5: ("c2f_exp.sweeping", "c2f_exp.cli_errors", "c2f_exp.launch", "c2f_exp.plan"),
     6: ("c2f_exp.pipeline",),  # the stage registry and order, cache, manifest
     7: ("c2f_exp.__main__", "c2f_exp.compare", "c2f_exp.cache"),  # the CLI entry points
+    # (plan.py: layer 5, beside launch.py)
 }
 
 # Upward edges tolerated for now (none: keep it empty; an entry needs a reason beside it).

@@ -247,6 +247,7 @@ def _hh_file(path: Path) -> Path:
     rows = [
         {"chosen": conv + "why not", "rejected": conv + "no"},
         {"chosen": short + "good", "rejected": short + "bad"},
+        {"chosen": short + "held", "rejected": short + "out"},  # one file: the test split
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

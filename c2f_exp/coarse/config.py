@@ -14,6 +14,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from c2f_exp.core.choices import DTYPES
 from c2f_exp.core.errors import bad_value, check_choice
 from c2f_exp.sources import source_for
 
@@ -21,7 +22,6 @@ CRITIC_INITS = ("reward", "base")
 KL_CONTROLLERS = ("fixed", "adaptive")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 PROMPT_SPLITS = ("train", "all")
-DTYPES = ("float32", "bfloat16", "float16")
 BACKENDS = ("none", "ddp", "deepspeed")
 
 
@@ -69,6 +69,10 @@ class CoarseConf:
     overlong_cache: int | None = None  # DAPO soft overlong punishment window (tokens)
     max_bad_batches: int = 3  # NaN/inf-reward batches skipped before stopping
     checkpoint_every: int = 10  # iterations between checkpoints (in the stage's work dir)
+    # samples.jsonl: `samples_per_step` rollouts (prompt, response, reward, limit) every
+    # `samples_every` iterations, to read what the Coarse Actor writes; 0 = none
+    samples_every: int = 10
+    samples_per_step: int = 4
     keep_checkpoints: int = 2
     prompt_split: str = "train"  # tiny world: train on train entities' prompts (or all)
     prompt_prefix: str = "{bos} "  # text before each prompt; {bos} = tokenizer's BOS token

@@ -52,6 +52,7 @@ class HFEngine:
     def __init__(self, c: Any):
         self.c, r = c, c.rollout
         self.lean, self.reuse_logprobs = r.lean_decode, r.reuse_logprobs
+        self.stop: list[list[int]] = []  # token sequences that end a row (the turn marker)
 
     def generate(self, policy, ids, mask, limit: int, eos_id: int, pad_id: int) -> Rollout:
         c = self.c
@@ -60,6 +61,7 @@ class HFEngine:
             *(ids, mask, limit, eos_id, pad_id, c.temperature, c.top_k),
             lean=self.lean,
             logprobs=self.reuse_logprobs,
+            stop=self.stop,
         )
 
 

@@ -140,8 +140,11 @@ def generate(
     greedy: bool = False,
     lean: bool = True,
     logprobs: bool = False,
+    stop: list[list[int]] | None = None,
 ) -> Rollout:
-    """Sample up to `limit` new tokens per row with a KV cache; rows stop at EOS.
+    """Sample up to `limit` new tokens per row with a KV cache; rows stop at EOS, or at a
+    `stop` token sequence (the data source's turn marker, "\n\nHuman:": a base model that
+    goes on to write the user's next turn has ended its reply; the marker stays in the row).
 
     Args:
         model: a causal LM (HF interface: input_ids, attention_mask, position_ids,
@@ -169,14 +172,14 @@ def generate(
             stepper = decode.LeanDecoder(model, prompt_ids, prompt_mask, limit)
         else:
             stepper = _ForwardStepper(model, prompt_ids, prompt_mask)
-        sampling = (temperature, top_k, greedy, logprobs)
+        sampling = (temperature, top_k, greedy, logprobs, stop or [])
         resp, alive, done, lps = _sample_loop(stepper, limit, eos_id, pad_id, *sampling)
     finally:
         model.train(was_training)
     return Rollout(prompt_ids, prompt_mask, resp, alive.long(), ~done, limit, lps)
 
 
-def _sample_loop(stepper, limit, eos_id, pad_id, temperature, top_k, greedy, want_lp):
+def _sample_loop(stepper, limit, eos_id, pad_id, temperature, top_k, greedy, want_lp, stop):
     """Sample into preallocated (B, limit) buffers.
 
     Returns tokens, alive (B, n), done (B,), and log-probs (B, n) when `want_lp` (else None).
@@ -196,7 +199,26 @@ def _sample_loop(stepper, limit, eos_id, pad_id, temperature, top_k, greedy, wan
         if lps is not None:  # as ppo_update computes it: the full softmax at this temperature
             lps[:, t] = logprobs_from_logits(logits[:, None] / temperature, nxt[:, None])[:, 0]
         done = done | (nxt == eos_id)
+        for seq in stop:  # rows whose last len(seq) tokens are a stop sequence
+            k = len(seq)
+            if k <= t + 1:
+                want = torch.tensor(seq, device=dev)
+                done = done | (tokens[:, t + 1 - k : t + 1] == want).all(1)
         if t == limit - 1 or bool(done.all()):
             break
         logits = stepper.step(nxt)
     return tokens[:, :n], alive[:, :n], done, None if lps is None else lps[:, :n]
+
+
+def stop_sequences(tok, marker: str | None) -> list[list[int]]:
+    """The token sequences `marker` becomes after text (how a sampled reply would spell it),
+    for `generate(stop=...)`; [] without a marker."""
+    if not marker:
+        return []
+    out = []
+    for ctx in ("x", "x.", "x\n"):
+        a = tok(ctx, add_special_tokens=False).input_ids
+        b = tok(ctx + marker, add_special_tokens=False).input_ids
+        if b[: len(a)] == a and len(b) > len(a) and b[len(a) :] not in out:
+            out.append(b[len(a) :])
+    return out

@@ -16,12 +16,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from c2f_exp.core import hub
+from c2f_exp.core import hub, layout
 from c2f_exp.core.errors import ConfigError
 from c2f_exp.core.tokenizers import load_tokenizer
-from c2f_exp.prepare.stage import model_dir
 from c2f_exp.sources import source_for
-from c2f_exp.stages import StageContext, distributed_key, subtree
+from c2f_exp.stages import StageContext, distributed_key, model_dir, subtree
 
 log = logging.getLogger(__name__)
 FINAL = ("limit", "reward", "value", "truncation_rate", "mean_response_length", "kl")
@@ -40,6 +39,8 @@ class CoarseStage:
         sub["policy"] = cfg.model.base
         out = subtree({**sub, **distributed_key(cfg)})  # ranks and ZeRO change the weights
         del out["coarse"]["seed"]  # coarse.seed=<the run's seed> is the default's artifact
+        for k in ("samples_every", "samples_per_step"):  # what is written down, not learned
+            out["coarse"].pop(k, None)
         if out["coarse"].get("rollout", {}).get("engine", "hf") == "hf":  # speed knobs only:
             out["coarse"].pop("rollout", None)  # results equal to float tolerance, cache kept
         return {**out, "seed": rl_seed(cfg)}
@@ -51,6 +52,7 @@ class CoarseStage:
         from c2f_exp.coarse.engines import check_engine
 
         check_engine(cfg.coarse.rollout.engine)  # vllm: installed, and a CUDA GPU visible
+        source_for(cfg).check_prompts(cfg)  # hub: every prompt fits the policy's context
         if cfg.coarse.reward_model:
             hub.resolve_model(cfg.coarse.reward_model, "coarse.reward_model")
         elif "reward" not in cfg.stages:
@@ -65,6 +67,7 @@ class CoarseStage:
         from c2f_exp.coarse.experience import load_prompts, make_reward_fn
         from c2f_exp.coarse.gold_rewards import build_monitor
         from c2f_exp.coarse.length_schedules import build_schedule
+        from c2f_exp.coarse.rollout import stop_sequences
         from c2f_exp.coarse.traces import write_traces
         from c2f_exp.coarse.trainer import CoarseTrainer
         from c2f_exp.core.model_card import write_model_card
@@ -85,6 +88,8 @@ class CoarseStage:
         monitor = build_monitor(cfg, tok, acc, prep)  # None unless coarse.gold_every > 0
         parts = (c, acc, model, ref, reward_fn, schedule, kl_ctl, tok, texts, prefix)
         engine = build_engine(c, base, rl_seed(cfg))  # hf | vllm (coarse.rollout.engine)
+        if hasattr(engine, "stop"):  # rollouts end at EOS and at the source's turn marker
+            engine.stop = stop_sequences(tok, source_for(cfg).turn_marker)
         trainer = CoarseTrainer(
             *parts, ctx.work_dir, ctx.tracker.log, rl_seed(cfg), reward_prompts, monitor, engine
         )
@@ -94,15 +99,14 @@ class CoarseStage:
         metrics = {"steps": state.step, "bad_batches": state.bad_batches}
         metrics.update(tokens_generated=state.tokens, resumed_from_step=state.resumed_from)
         if acc.is_main_process:
-            dtype = getattr(torch, c.dtype)  # fp32 master weights are saved in coarse.dtype
-            sd = {
-                k.removeprefix("policy."): v.to(dtype) if v.is_floating_point() else v
-                for k, v in full.items()
-                if k[:7] == "policy."
-            }
+            # the trained weights as they are: under bf16 autocast the fp32 master weights, so
+            # the RL residue (coarse - base, often below bf16's resolution) reaches the merge
+            sd = {k.removeprefix("policy."): v for k, v in full.items() if k[:7] == "policy."}
             acc.unwrap_model(trainer.model).policy.save_pretrained(out / "actor", state_dict=sd)
             save_tokenizer(tok, out / "actor")  # a tokenizer class transformers 4.46+ loads
             metrics.update(write_traces(state, out, monitor is not None))
+            if state.samples:
+                layout.write_jsonl(out / "samples.jsonl", state.samples)
             last = state.trace[-1] if state.trace else {}
             metrics.update({f"final_{k}": last.get(k) for k in FINAL})
             if eval_rows:
@@ -172,7 +176,7 @@ def gold_eval(ctx: StageContext, base: str, actor: Path, rows: list[dict]) -> di
     from c2f_exp.tinyworld.scorer import GoldScorer
     from c2f_exp.tinyworld.world import World
 
-    scorer, ls = GoldScorer(World.load(_prepared(ctx) / "world.json")), ctx.cfg.length_schedule
+    scorer, ls = GoldScorer(World.load(layout.world_file(_prepared(ctx)))), ctx.cfg.length_schedule
     n = ctx.cfg.coarse.eval_max_new_tokens or ls.l_max or max(ls.limits)
     tok, out = load_tokenizer(base, "left"), {}
     for role, path in (("base", base), ("actor", str(actor))):

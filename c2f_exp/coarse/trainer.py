@@ -11,7 +11,8 @@ batch with a gold reward; its rows ride in the state (and checkpoints) and may s
 Works in one process or under `accelerate launch` (DDP or DeepSpeed ZeRO): each process
 generates its share of the batch; statistics the schedule sees are gathered, so every process
 computes the same limit. Only the main process logs and writes trace files; checkpoints go
-through `accelerator.save_state` (model, optimizer, every process's RNG) plus
+through `accelerator.save_state` (model as safetensors; optimizer and every process's RNG as
+torch files accelerate loads with `weights_only=True`, so a resume runs no pickled code) plus
 `trainer_state.json` (step, schedule, KL controller, trace, gold rows), into a temp dir renamed
 into place.
 """
@@ -52,6 +53,7 @@ class TrainState:
     trace: list[dict[str, Any]] = field(default_factory=list)
     gold: list[dict[str, Any]] = field(default_factory=list)  # overoptimization monitor rows
     stopped_on_gold: int | None = None  # iteration where coarse.early_stop_on_gold fired
+    samples: list[dict[str, Any]] = field(default_factory=list)  # samples.jsonl rows
 
 
 def latest_checkpoint(work_dir: Path) -> Path | None:
@@ -142,7 +144,7 @@ class CoarseTrainer:
             return None
         perm0, head = self._head(ro)  # no RNG is drawn between here and the update
         exp = make_experience(self.model, self.ref, ro, scores, c, self.kl_ctl.value, head)
-        upd = self.ppo_update(exp, perm0, head)
+        upd = self.update(exp, perm0, head)
         per_seq = {"value": exp.values[:, 0], "trunc": ro.truncated, "len": ro.lengths}
         per_seq.update(kl=exp.kl.sum(1), seq_reward=exp.seq_rewards)
         per_seq["adv0"] = exp.returns[:, 0] - exp.values[:, 0]  # unwhitened first-token advantage
@@ -153,6 +155,8 @@ class CoarseTrainer:
             self.state.gold.append(self.monitor.observe(step, rm_prompts, ro, all_scores, g["kl"]))
             if self.monitor.should_stop(self.state.gold):
                 self.state.stopped_on_gold = step
+        if self.acc.is_main_process and c.samples_every and step % c.samples_every == 0:
+            self.state.samples += self._samples(step, idx, ro, scores, limit)
         r_mean, v_mean = all_scores.mean().item(), g["value"].mean().item()
         trunc = g["trunc"].mean().item()
         row = {"step": step, "limit": limit, "reward": r_mean, "value": v_mean}
@@ -171,7 +175,26 @@ class CoarseTrainer:
         row.update(tokens_per_s=tokens / dt, gen_tokens_per_s=tokens / max(t_gen, 1e-9))
         return {**row, "bad_batches": self.state.bad_batches}
 
-    def ppo_update(self, exp: Experience, perm0=None, head: Head | None = None) -> dict:
+    def _samples(self, step: int, idx, ro, scores, limit: int) -> list[dict[str, Any]]:
+        """This process's first `samples_per_step` rollouts as readable rows."""
+        rows = []
+        for j in range(min(self.c.samples_per_step, ro.response_ids.shape[0])):
+            n = int(ro.response_mask[j].sum())
+            text = self.tok.decode(ro.response_ids[j, :n].tolist(), skip_special_tokens=True)
+            rows.append(
+                {
+                    "step": step,
+                    "prompt": self.prompts[int(idx[j])],
+                    "response": text,
+                    "reward": float(scores[j]),
+                    "limit": limit,
+                    "tokens": n,
+                    "truncated": bool(ro.truncated[j]),
+                }
+            )
+        return rows
+
+    def update(self, exp: Experience, perm0=None, head: Head | None = None) -> dict:
         """`ppo_epochs` passes of shuffled minibatch updates (update.py). Mean statistics."""
         return ppo_update(self.model, self.opt, self.acc, exp, self.c, self.local_mb, perm0, head)
 
@@ -243,7 +266,7 @@ class CoarseTrainer:
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp), safe_serialization=False)
+        acc.save_state(str(tmp), safe_serialization=True)  # weights: safetensors, never pickle
         acc.wait_for_everyone()
         if acc.is_main_process:
             extra = {"schedule": self.schedule.state_dict(), "kl": self.kl_ctl.state_dict()}

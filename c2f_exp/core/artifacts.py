@@ -16,6 +16,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from c2f_exp.core.errors import C2FError, ConfigError
-from c2f_exp.core.layout import MODEL_DIRS  # role -> subdirectory of each stage's artifact
+from c2f_exp.core.layout import MODEL_DIRS, MODEL_REF  # role -> subdir of each stage's artifact
 
 DONE = "DONE"
 # Failures of a write that say "this disk/path cannot take it" (not a bug): named errors.
@@ -42,6 +43,25 @@ class ArtifactWriteError(C2FError):
             f"cannot write {path} ({e.strerror or e}); the previous artifact at {art}, if any, "
             f"is intact; {free} free there; free space or set paths.cache_dir=/a/larger/disk"
         )
+
+
+# How a full disk reads when it does not arrive as an OSError: torch.save's RuntimeError
+# ("PytorchStreamWriter failed writing file ...: file write failed") and safetensors' errors
+# ("IoError(... StorageFull, message: \"No space left on device\")").
+_WRITE_FAILED = re.compile(
+    r"file write failed|No space left|Disk quota exceeded|Read-only file system|StorageFull"
+)
+
+
+def write_error(e: BaseException, art: Path) -> ArtifactWriteError | None:
+    """The named error for a failed write of artifact `art` (or of a checkpoint beside it),
+    whether it came as an OSError or as a library's RuntimeError; None for other errors."""
+    if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
+        return ArtifactWriteError.from_os_error(e, art)
+    if not isinstance(e, OSError) and _WRITE_FAILED.search(str(e)):
+        first = (str(e).strip().splitlines() or [""])[-1].strip()
+        return ArtifactWriteError.from_os_error(OSError(errno.ENOSPC, first), art)
+    return None
 
 
 def _free_mb(path: Path) -> str:
@@ -71,7 +91,7 @@ def model_dirs(stage: str, art: Path) -> dict[str, str]:
         d = art / sub if sub else art
         if (d / "config.json").is_file():
             out[role] = str(d)
-    ref = art / "model_ref.json"  # a reward stage that points at a hub reward model
+    ref = art / MODEL_REF  # a reward stage that points at a hub reward model
     if stage == "reward" and "reward" not in out and ref.is_file():
         out["reward"] = json.loads(ref.read_text())["ref"]
     return out
@@ -90,13 +110,25 @@ def is_complete(path: Path) -> bool:
 @contextlib.contextmanager
 def claim(path: Path) -> Iterator[None]:
     """Exclusive lock for building artifact `path` (blocks while another process holds it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _stage_dir(path.parent)
     with open(path.with_name(path.name + ".lock"), "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _stage_dir(d: Path) -> None:
+    """Create `<cache>/<stage>`; a regular file in its place is a named error, not a
+    FileExistsError traceback after the upstream stages have trained."""
+    blocker = next((p for p in (d, *d.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ConfigError(
+            f"{blocker} is a file where the artifact cache needs a directory ({d}); move or "
+            "delete it, or set paths.cache_dir=/another/dir"
+        )
+    d.mkdir(parents=True, exist_ok=True)
 
 
 @contextlib.contextmanager

@@ -35,10 +35,11 @@ from pathlib import Path
 from typing import Any
 
 from c2f_exp.core.errors import C2FError
+from c2f_exp.core.layout import RESULT
 
 log = logging.getLogger(__name__)
 SMALL = 1 << 20  # files up to this size get a full content hash
-SKIP = {"result.json", "DONE"}  # written after the fingerprint
+SKIP = {RESULT, "DONE"}  # written after the fingerprint
 MUTABLE = ("lm_eval_tasks/",)  # rewritten on reuse (eval's publish repoints their data paths)
 
 
@@ -90,6 +91,26 @@ def verify(art: Path, recorded: dict[str, dict[str, Any]] | None) -> None:
                     f"cached artifact {art}: {rel} differs from when it was built ({what}); "
                     "truncated or edited after the build"
                 )
+
+
+def verify_result(art: Path, result: Any) -> dict[str, Any]:
+    """`result` (the parsed result.json) if it has the shape the pipeline wrote — an object
+    with `metrics` (an object) and `files` (an object, absent only in artifacts older than
+    verification) — and the files match it (`verify`); else CorruptArtifact, so an edited
+    result.json (`{}`, `[]`) is rebuilt like any other damage, never reused."""
+    files = result.get("files") if isinstance(result, dict) else None
+    if (
+        not isinstance(result, dict)
+        or not isinstance(result.get("metrics"), dict)
+        or not isinstance(files, (dict, type(None)))
+    ):
+        got = json.dumps(result)[:60]
+        raise CorruptArtifact(
+            f"cached artifact {art}: result.json is not the object its build wrote (got {got}); "
+            "edited after the build"
+        )
+    verify(art, files)
+    return result
 
 
 # ---- garbage collection ------------------------------------------------------------------

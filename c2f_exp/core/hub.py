@@ -130,3 +130,25 @@ def check_local_weights(ref: str, key: str) -> None:
     with use_safetensors=True refuses a repo without safetensors)."""
     if Path(ref).expanduser().is_dir():
         check_weights(Path(ref).expanduser(), key)
+
+
+def check_config_json(ref: str, key: str) -> dict:
+    """A local model directory's `config.json` as a dict (ConfigError naming `key` when it is
+    missing, not JSON or not an object); {} for a hub id (checked when it loads)."""
+    import json
+
+    p = Path(ref).expanduser()
+    if not p.is_dir():
+        return {}
+    f = p / "config.json"
+    try:
+        cfg = json.loads(f.read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{key}={ref} has no config.json; point it at a model directory"
+        ) from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{key}={ref}: config.json is not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{key}={ref}: config.json is not a JSON object")
+    return cfg

@@ -41,6 +41,8 @@ MODEL_DIRS = {
     "merge": {"fine": ""},
 }
 ACTOR = MODEL_DIRS["coarse"]["coarse"]  # <coarse artifact>/actor: the Coarse Actor
+RESULT = "result.json"  # <artifact>/result.json: metrics and file fingerprints (pipeline)
+MODEL_REF = "model_ref.json"  # <reward artifact>/model_ref.json: a hub reward model's id
 WORLD = "world.json"  # <prepare artifact>/world.json: the tiny world (tinyworld.World)
 DATA = "data"  # <prepare artifact>/data/: the files below (README "The tiny world")
 PREPARED_FILES = (
@@ -74,12 +76,20 @@ def data_file(prepare_dir: str | Path, name: str) -> Path:
     return Path(prepare_dir) / DATA / name
 
 
+def rehearsing(cfg: Any) -> bool:
+    """Hub models under `debug=micro` (`model.rehearsal` set): tiny-width copies stand in."""
+    m = cfg.get("model")
+    return m is not None and m.get("rehearsal") is not None and str(m.source) == "hub"
+
+
 def model_dir(cfg: Any, upstream: Mapping[str, Mapping[str, Any]], role: str) -> str:
     """Where the `base` or `instruct` model of this run lives: `model.<role>.path` (a local
     directory or a resolved hub id) wins, else the prepare artifact's `<role>/`."""
     from c2f_exp.core import hub
 
     spec = cfg.model[role]
+    if rehearsing(cfg) and "prepare" in upstream:  # the tiny-width copy prepare built
+        return str(stage_model_dir("prepare", upstream["prepare"]["path"], role))
     if spec.path:
         return hub.resolve_model(spec.path, f"model.{role}.path", spec.revision)
     if "prepare" not in upstream:
@@ -107,8 +117,11 @@ def check_jsonl(
     object holding `fields` (name -> type), plus the fields `extra(row)` names as bad, and at
     least one row. Returns the row count; else ConfigError `<key>=<path> line <n> is not valid
     JSON (...) | lacks or mistypes <fields>; <fix>` (or `has no rows; <fix>`)."""
-    n = 0
-    with Path(path).open(encoding="utf-8", errors="replace") as f:
+    import gzip
+
+    n, p = 0, Path(path)
+    opener = gzip.open if p.suffix == ".gz" else open  # hub clones hold *.jsonl.gz
+    with opener(p, "rt", encoding="utf-8", errors="replace") as f:
         for i, line in enumerate(f, 1):
             if not line.strip():
                 continue

@@ -12,6 +12,7 @@ command line (see tracking.py).
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,13 @@ _SECRET_KEY = re.compile(
     r"|(^|[_.-])(token|auth)$",
     re.I,
 )
-_URL_CREDS = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)([^/@\s'\",]+)@")
-_OVERRIDE = re.compile(r"([+~]{0,2}[A-Za-z_][\w.-]*)=([^,\s'\"\]\}]*)")
+# `scheme://userinfo@host`, also as Hydra writes a multirun's overrides (`http\://u\:pw@h`:
+# `:` `,` `=` ... escaped with a backslash). The userinfo runs to the LAST `@` of the authority
+# (a password may hold `@`); the authority ends at `/ ? #`, whitespace or a quote. An
+# unescaped `,` does not end it: at worst a following override is redacted too.
+_URL_CREDS = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*\\?://)([^/?#\s'\"]+)@")
+# `key=value`; the value ends at an unescaped `,` (Hydra escapes one inside a value as `\,`)
+_OVERRIDE = re.compile(r"([+~]{0,2}[A-Za-z_][\w.-]*)=((?:\\.|[^,\s'\"\]\}\\])*)")
 HYDRA_FILES = ("config.yaml", "overrides.yaml", "hydra.yaml")
 
 
@@ -44,6 +50,29 @@ def redact_text(s: str) -> str:
     return _OVERRIDE.sub(
         lambda m: f"{m.group(1)}={REDACTED}" if is_secret_key(m.group(1)) else m.group(0), s
     )
+
+
+def install_log_redaction() -> None:
+    """Redact every log record's text (`redact_text`) before any handler sees it: Hydra's
+    launcher logs each job's overrides (`#0 : ...base_url=http\\://u\\:pw@h`) to the console,
+    which SLURM writes to a file. A log record factory, so Hydra's own handlers are covered."""
+    old = logging.getLogRecordFactory()
+    if getattr(old, "_c2f_redacts", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = old(*args, **kwargs)
+        try:
+            text = record.getMessage()
+        except Exception:  # a malformed record: leave it to logging's own error report
+            return record
+        clean = redact_text(text)
+        if clean != text:
+            record.msg, record.args = clean, None
+        return record
+
+    factory._c2f_redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
 
 
 def redact(obj: Any) -> Any:

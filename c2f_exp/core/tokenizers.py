@@ -70,3 +70,70 @@ def _source_class(tok: Any) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None
     return name if isinstance(name, str) and name != "TokenizersBackend" else None
+
+
+def _tokenizer_config(ref: str) -> dict:
+    """tokenizer_config.json and special_tokens_map.json of a local model dir, merged."""
+    out: dict = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        try:
+            cfg = json.loads((Path(ref) / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(cfg, dict):
+            out.update({k: v for k, v in cfg.items() if v is not None})
+    return out
+
+
+def _eos_in_config(ref: str, conf: dict) -> bool:
+    if conf.get("eos_token_id") is not None:
+        return True
+    try:
+        gen = json.loads((Path(ref) / "generation_config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(gen, dict) and gen.get("eos_token_id") is not None
+
+
+def check_pair(refs: dict[str, str], cfg: Any) -> None:
+    """Preflight of base and instruct as local directories (hub ids are checked as they load),
+    from their files only: the same model class and vocabulary (the merge adds one's weights
+    to the other's), an EOS token, and a chat template on the instruct model when the reward
+    model reads chat (`reward.format=chat`). ConfigError naming the key and the fix."""
+    from c2f_exp.core.errors import ConfigError
+    from c2f_exp.core.hub import check_config_json
+
+    local = {r: p for r, p in refs.items() if Path(p).expanduser().is_dir()}
+    confs = {r: check_config_json(p, f"model.{r}.path") for r, p in local.items()}
+    if len(confs) == 2:
+        b, i = confs["base"], confs["instruct"]
+        for field in ("model_type", "vocab_size", "hidden_size", "num_hidden_layers"):
+            if b.get(field) != i.get(field):
+                raise ConfigError(
+                    f"model.instruct.path={refs['instruct']} has {field}={i.get(field)} but "
+                    f"model.base.path={refs['base']} has {b.get(field)}: the Knowledge Residue "
+                    "Merger adds the base's RL residue to the instruct model, so both must be "
+                    "one architecture (e.g. Mistral-7B-v0.1 with Mistral-7B-Instruct-v0.2)"
+                )
+    for role, ref in local.items():
+        tcfg, conf = _tokenizer_config(ref), confs[role]
+        if not tcfg:  # no tokenizer files: the stage that needs them names that
+            continue
+        if not (tcfg.get("eos_token") or _eos_in_config(ref, conf)):
+            raise ConfigError(
+                f"model.{role}.path={ref}: the tokenizer has no EOS token (tokenizer_config.json"
+                " eos_token / config.json eos_token_id); rollouts and answers need one to stop"
+            )
+    reward = cfg.get("reward")
+    if reward is not None and str(reward.get("format")) == "chat" and "instruct" in local:
+        ref = local["instruct"]
+        has = (
+            "chat_template" in _tokenizer_config(ref)
+            or (Path(ref) / "chat_template.jinja").is_file()
+        )
+        if not has:
+            raise ConfigError(
+                f"model.instruct.path={ref} has no chat template (tokenizer_config.json "
+                "chat_template or chat_template.jinja) and reward.format=chat needs one: use "
+                "an instruct model that ships one, or reward.format=plain"
+            )

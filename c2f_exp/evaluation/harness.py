@@ -101,6 +101,7 @@ def preflight_tasks(tasks: list[str], include_path: list[str]) -> None:
         return
     tm = task_manager(names, include_path)
     seen: set[str] = set()
+    unreachable: list[str] = []  # every task that cannot run, named in one line
     for name in names:
         for leaf, cfg in _leaves(tm, name, "eval.lm_eval.tasks"):
             path = cfg.get("dataset_path")
@@ -117,11 +118,14 @@ def preflight_tasks(tasks: list[str], include_path: list[str]) -> None:
             seen.add(path)
             why = _reachable(path)
             if why:
-                raise ConfigError(
-                    f"eval.lm_eval.tasks: task '{leaf}' ({name}) needs data set '{path}', which "
-                    f"is not in the local cache and cannot be reached ({why}); run once online "
-                    "to cache it (HF_DATASETS_CACHE), or drop the task from eval.lm_eval.tasks"
-                )
+                unreachable.append(f"'{leaf}' ({name}) needs '{path}'")
+                last_why = why
+    if unreachable:
+        raise ConfigError(
+            f"eval.lm_eval.tasks: {len(unreachable)} task(s) need data sets that are not in the "
+            f"local cache and cannot be reached ({last_why}): {'; '.join(unreachable)}; run "
+            "once online to cache them (HF_DATASETS_CACHE), or drop them from eval.lm_eval.tasks"
+        )
     log.info("lm-eval preflight: %d task(s), %d hub data set(s) reachable", len(names), len(seen))
 
 

@@ -107,6 +107,25 @@ class LLMJudge:
         return [self.judge(m) for m in matches]
 
 
+def calibration_convs(rows: list[dict]) -> list[list[dict[str, str]]]:
+    """Chosen and rejected conversations of preference rows: {"prompt": str | turns, "chosen",
+    "rejected"} (the tiny world's files, hub pairs) or HH-RLHF transcripts without a prompt
+    field ({"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": ...})."""
+    from c2f_exp.reward.preferences import hh_to_turns
+
+    out = []
+    for p in rows:
+        if "prompt" in p:
+            q = p["prompt"]
+            turns = q if isinstance(q, list) else [{"role": "user", "content": q}]
+            out += [
+                [*turns, {"role": "assistant", "content": p[k]}] for k in ("chosen", "rejected")
+            ]
+        else:
+            out += [t for t in (hh_to_turns(p[k]) for k in ("chosen", "rejected")) if t]
+    return out
+
+
 def calibrate(raw: list[float], low: float, high: float) -> list[float]:
     """Map reward-model scores linearly so that `low` -> 1 and `high` -> 10, clipped to 1..10."""
     return [min(10.0, max(1.0, 1.0 + 9.0 * (r - low) / (high - low))) for r in raw]
@@ -145,12 +164,9 @@ class RewardModelJudge:
         if jcfg.score_low is not None:
             self.low, self.high = float(jcfg.score_low), float(jcfg.score_high)
         elif calibration_pairs:
-            convs = [
-                [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": p[k]}]
-                for p in calibration_pairs
-                for k in ("chosen", "rejected")
-            ]
-            self.low, self.high = calibration_range(self.rm.score(convs))
+            self.low, self.high = calibration_range(
+                self.rm.score(calibration_convs(calibration_pairs))
+            )
         else:
             raise ValueError("reward_model judge needs score_low/score_high or calibration_file")
         log.info(
@@ -237,9 +253,28 @@ def preflight(jcfg: Any, stages: list[str]) -> None:
         OpenAICompatibleClient(
             jcfg.base_url, jcfg.model, jcfg.api_key_env, timeout_s=jcfg.timeout_s
         ).check()
-    elif jcfg.type == "hf_local":
+    elif (
+        jcfg.type in ("hf_local", "reward_model")
+        and jcfg.base_url
+        and jcfg.model
+        and not Path(str(jcfg.model)).expanduser().is_dir()  # an API judge's leftovers
+    ):
+        raise ConfigError(
+            f"eval.mt_bench.judge.model={jcfg.model} with judge.type={jcfg.type}: the "
+            "model is an API judge's (base_url is set); point judge.model at a local "
+            "model directory (reward_model: or null for the run's reward model)"
+        )
+    if jcfg.type == "hf_local":
         hub.resolve_model(jcfg.model, "eval.mt_bench.judge.model")
     elif jcfg.type == "reward_model":
+        if jcfg.calibration_file and jcfg.score_low is None:
+            fix = 'rows {"chosen": ..., "rejected": ...} (+ "prompt", or HH transcripts)'
+            layout.check_jsonl(
+                Path(jcfg.calibration_file),
+                "eval.mt_bench.judge.calibration_file",
+                {"chosen": str, "rejected": str},
+                fix,
+            )
         if jcfg.model:
             hub.resolve_model(jcfg.model, "eval.mt_bench.judge.model")
         elif "reward" not in stages:
@@ -247,7 +282,7 @@ def preflight(jcfg: Any, stages: list[str]) -> None:
                 "eval.mt_bench.judge.model is null and the reward stage does not "
                 "run; add reward to stages or set judge.model=/path/to/rm"
             )
-    elif "prepare" not in stages:
+    elif jcfg.type == "tinyworld_gold" and "prepare" not in stages:
         raise ConfigError(
             "eval.mt_bench.judge.type=tinyworld_gold needs the tiny world: add prepare to stages"
         )
@@ -259,6 +294,7 @@ def build(
     prepare_dir: str | None,
     upstream: dict[str, dict],
     device: str = "auto",
+    calibration_pairs: list[dict] | None = None,
 ) -> Judge:
     """The configured judge with the resources it needs (prompts, world, reward model)."""
     res: dict[str, Any] = {"prompts": prompts, "device": device}
@@ -269,6 +305,8 @@ def build(
         cal = jcfg.calibration_file or (
             str(layout.data_file(prepare_dir, "preferences_test.jsonl")) if prepare_dir else None
         )
-        if jcfg.score_low is None and cal:
+        if jcfg.score_low is None and cal and Path(cal).is_file():
             res["calibration_pairs"] = layout.read_jsonl(cal)
+        elif jcfg.score_low is None and calibration_pairs:  # hub runs: the RM's test pairs
+            res["calibration_pairs"] = calibration_pairs
     return registry()[jcfg.type](jcfg, **res)

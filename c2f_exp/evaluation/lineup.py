@@ -104,8 +104,8 @@ def load(ref: ModelRef, dtype: str, device: str) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    key = "eval.mt_bench.judge.model" if ref.name == "judge" else f"eval.models.{ref.name}"
     if Path(ref.path).is_dir():  # safetensors only, complete: a named error, never a pickle
-        key = "eval.mt_bench.judge.model" if ref.name == "judge" else f"eval.models.{ref.name}"
         hub.check_weights(ref.path, key)
     try:
         tok = AutoTokenizer.from_pretrained(ref.tokenizer)
@@ -116,11 +116,26 @@ def load(ref: ModelRef, dtype: str, device: str) -> tuple[Any, Any]:
             f"cannot load model '{ref.name}' from {ref.path} ({e}); "
             f"set eval.models.{ref.name}=/path/to/model"
         ) from None
+    model = model.to(device_of(device)).eval()
+    check_finite(model, key, ref.path)  # after the move: on a GPU, not the CPU
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     ensure_bos(tok)
-    return model.to(device_of(device)).eval(), tok
+    return model, tok
+
+
+def check_finite(model: Any, key: str, path: str) -> None:
+    """Refuse weights holding NaN/inf (a diverged run): they would generate garbage that is
+    scored as if it were answers, with exit 0. One pass over the weights, once per load."""
+    import torch
+
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ConfigError(
+                f"{key}={path}: weight {name} holds NaN/inf values (a diverged run); "
+                "evaluate a checkpoint from before the divergence"
+            )
 
 
 def free_memory() -> None:

@@ -23,15 +23,23 @@ from c2f_exp.evaluation.verdicts import Judge, Match
 log = logging.getLogger(__name__)
 
 
-def render(tok: Any, messages: list[dict[str, str]], chat: bool) -> list[int]:
+def render(
+    tok: Any, messages: list[dict[str, str]], chat: bool, transcript: bool = False
+) -> list[int]:
     """Token ids of a conversation ready for the next assistant turn.
 
-    chat: the tokenizer's chat template (it adds BOS itself); plain: the turns joined by blank
-    lines after BOS, as a base model continues text (tiny world: "<s> tell me about the X .").
+    chat: the tokenizer's chat template (it adds BOS itself); transcript: BOS and the HH-RLHF
+    transcript PPO trained on ("\n\nHuman: q\n\nAssistant:", hub data); else the turns joined
+    by blank lines after BOS, as a base model continues text (tiny world: "<s> tell me about
+    the X .").
     """
     if chat:
         text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return tok(text, add_special_tokens=False).input_ids
+    if transcript:
+        from c2f_exp.sources import hh_transcript
+
+        return tok(hh_transcript(messages)).input_ids
     return tok("\n\n".join(m["content"] for m in messages)).input_ids
 
 
@@ -47,8 +55,10 @@ def generate(
     temperature: float,
     max_new_tokens: int,
     seed: int,
+    stop: str | None = None,
 ) -> list[tuple[str, bool, int]]:
-    """Left-padded batch generation. Returns (text, ended_with_eos, new_tokens) per prompt."""
+    """Left-padded batch generation. Returns (text, ended, new_tokens) per prompt; a row ends
+    at EOS or at `stop` (a turn marker: the text is cut before it)."""
     import torch
 
     limit = getattr(model.config, "max_position_embeddings", None)
@@ -74,13 +84,17 @@ def generate(
             max_new_tokens=max_new_tokens,
             pad_token_id=tok.pad_token_id,
             eos_token_id=sorted(eos),
+            **({"stop_strings": [stop], "tokenizer": tok} if stop else {}),
             **sample,
         )
     results = []
     for row in out[:, width:].tolist():
         n = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
-        text = tok.decode(row[:n], skip_special_tokens=True).strip()
-        results.append((text, row[n - 1] in eos, n))
+        text = tok.decode(row[:n], skip_special_tokens=True)
+        ended = row[n - 1] in eos
+        if stop and stop in text:  # the model went on to write the next turn itself
+            text, ended = text.split(stop)[0], True
+        results.append((text.strip(), ended, n))
     return results
 
 
@@ -92,6 +106,10 @@ def answer_questions(
         q["question_id"]: mcfg.temperatures.get(q["category"], mcfg.default_temperature)
         for q in questions
     }
+    from c2f_exp.sources import get_source
+
+    src = get_source(mcfg.source, "eval.mt_bench.source")
+    marker = None if chat else src.turn_marker  # hub: HH transcripts
     turns: dict[int, list[tuple[str, bool, int]]] = {q["question_id"]: [] for q in questions}
     n_turns = max(len(q["turns"]) for q in questions)
     for t in range(n_turns):
@@ -108,11 +126,10 @@ def answer_questions(
                             {"role": "user", "content": q["turns"][k]},
                             {"role": "assistant", "content": turns[q["question_id"]][k][0]},
                         ]
-                    prompts.append(
-                        render(tok, [*msgs, {"role": "user", "content": q["turns"][t]}], chat)
-                    )
+                    msgs.append({"role": "user", "content": q["turns"][t]})
+                    prompts.append(render(tok, msgs, chat, transcript=marker is not None))
                 seed_b = seed + 1000 * t + i
-                outs = generate(model, tok, prompts, temp, mcfg.max_new_tokens, seed_b)
+                outs = generate(model, tok, prompts, temp, mcfg.max_new_tokens, seed_b, marker)
                 for q, o in zip(batch, outs, strict=True):
                     turns[q["question_id"]].append(o)
     return [
@@ -198,8 +215,28 @@ def grade(
 ) -> dict[str, dict[str, float]]:
     """Judge every answer, write `<out>/model_judgment/<judge>_single.jsonl`, return summaries."""
     rows = judge_answers(judge, data.questions, answers, data.references)
-    write_jsonl(out / "model_judgment" / f"{judge.name}_single.jsonl", rows)
+    path = out / "model_judgment" / f"{judge.name}_single.jsonl"
+    write_jsonl(path, rows)
+    check_failures(rows, judge.name, path)
     return summarise(rows, data.questions)
+
+
+def check_failures(rows: list[dict], judge: str, path: Path) -> None:
+    """A judgment without a score counts as failed (`failed` in the summary); a warning names
+    how many, and more than half failed is an error: an average over the few that worked would
+    be reported as if it were the model's score."""
+    from c2f_exp.core.errors import C2FError
+
+    failed = sum(r["score"] == -1 for r in rows)
+    if not failed:
+        return
+    what = f"{failed} of {len(rows)} MT-Bench judgments by {judge} failed (no rating)"
+    if failed * 2 > len(rows):
+        raise C2FError(
+            f"{what}; the judgments are in {path}: check eval.mt_bench.judge (model, server, "
+            "prompt format) before trusting any MT-Bench number"
+        )
+    log.warning("%s; averages leave them out (%s)", what, path)
 
 
 def answer_text_stats(rows: list[dict], repetition_n: int = 3) -> dict[str, float]:

@@ -43,17 +43,21 @@ _PACKAGES = (
 
 # What each file's rows need (FastChat's llm_judge layout), checked at preflight.
 _REQUIRED = {
-    "question": {"question_id": (int, str), "turns": list},
+    "question": {"question_id": (int, str), "category": str, "turns": list},
     "judge_prompts": {"name": str, "prompt_template": str},
     "reference": {"question_id": (int, str), "choices": list},
 }
+# What the tinyworld_gold judge reads from each question besides (gold_judge.py).
+_GOLD_FIELDS = {"entity": str}
 
 
-def check_file(path: str | Path, what: str, key: str) -> int:
+def check_file(path: str | Path, what: str, key: str, gold: bool = False) -> int:
     """Parse every row of MT-Bench file `what` and check its fields; returns the row count.
 
-    Raises ConfigError naming the file, the line and the fix: a malformed file fails at
-    preflight, not after lm-eval has run for an hour."""
+    Questions also need unique `question_id`s (answers and judgments are keyed by them) and,
+    with `gold` (the tinyworld_gold judge grades them), the tiny world's `entity` (and
+    `why_attribute` in category `why`). Raises ConfigError naming the file, the line and the
+    fix: a malformed file fails at preflight, not after answers were generated."""
     fields = _REQUIRED[what]
     fix = (
         f"every row needs {', '.join(fields)} (FastChat's llm_judge layout, JSON Lines, one "
@@ -64,7 +68,44 @@ def check_file(path: str | Path, what: str, key: str) -> int:
         ok = row["turns"] and all(isinstance(t, str) for t in row["turns"])
         return [] if ok else ["turns"]
 
-    return layout.check_jsonl(path, key, fields, fix, turns if what == "question" else None)
+    n = layout.check_jsonl(path, key, fields, fix, turns if what == "question" else None)
+    if what != "question":
+        return n
+    if gold:
+        layout.check_jsonl(
+            path,
+            key,
+            _GOLD_FIELDS,
+            "the tinyworld_gold judge grades only the tiny world's questions (with entity, and "
+            "why_attribute in category why); for other questions set eval.mt_bench.judge.type="
+            "openai_compatible, hf_local or reward_model",
+            lambda r: (
+                ["why_attribute"]
+                if r["category"] == "why" and not isinstance(r.get("why_attribute"), str)
+                else []
+            ),
+        )
+    _check_unique_ids(path, key)
+    return n
+
+
+def _check_unique_ids(path: str | Path, key: str) -> None:
+    first: dict[str, int] = {}
+    for i, row in enumerate(read_jsonl(path), 1):
+        qid = str(row["question_id"])
+        if qid in first:
+            raise ConfigError(
+                f"{key}={path} has question_id {row['question_id']!r} twice (rows {first[qid]} "
+                f"and {i}); answers and judgments are keyed by question_id: give each question "
+                "its own"
+            )
+        first[qid] = i
+
+
+def _gold_judge(mcfg: Any) -> bool:
+    """True when the tinyworld_gold judge will grade the questions."""
+    src = get_source(mcfg.source, "eval.mt_bench.source")
+    return bool(mcfg.enabled) and mcfg.judge.type == "tinyworld_gold" and src.has_gold_scorer
 
 
 def package_data_dir() -> Path | None:
@@ -96,7 +137,7 @@ def locate(mcfg: Any, what: str, download: bool = True) -> str:
     if explicit:
         if not Path(explicit).expanduser().is_file():
             raise ConfigError(f"{key}={explicit} does not exist; point it at FastChat's file")
-        check_file(Path(explicit).expanduser(), what, key)
+        check_file(Path(explicit).expanduser(), what, key, _gold_judge(mcfg))
         return str(Path(explicit).expanduser().resolve())
     rel = HUB_FILES[what].format(ref=mcfg.judge.reference_model)
     data = package_data_dir()

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from c2f_exp.core import hub
+from c2f_exp.core import hub, layout
 from c2f_exp.core.errors import ConfigError
 from c2f_exp.sources import source_for
 from c2f_exp.stages import StageContext, final_dir, subtree
@@ -37,6 +37,8 @@ class EvalStage:
             "seed": cfg.seed,
             "model_paths": {r: cfg.model[r].path for r in ("base", "instruct")},
         }
+        if layout.rehearsing(cfg):  # the rehearsal's caps change what is evaluated
+            sub["rehearsal"] = cfg.model.rehearsal
         return subtree(sub)
 
     def preflight(self, cfg: DictConfig) -> None:
@@ -51,7 +53,7 @@ class EvalStage:
             hub.check_local_weights(hub.resolve_model(path, key), key)
         for role in () if e.models else ("base", "instruct"):
             spec = cfg.model[role]
-            if spec.path:
+            if spec.path and not layout.rehearsing(cfg):  # rehearsal: prepare's tiny copies
                 ref = hub.resolve_model(spec.path, f"model.{role}.path", spec.get("revision"))
                 hub.check_local_weights(ref, f"model.{role}.path")
             elif "prepare" not in stages:
@@ -86,11 +88,13 @@ class EvalStage:
         from c2f_exp.evaluation import lineup as models
         from c2f_exp.evaluation import tasks as tasks_mod
 
-        e, secs = ctx.cfg.eval, {}
+        e, secs = rehearsal_eval(ctx.cfg), {}
         prep = ctx.upstream["prepare"]["path"] if "prepare" in ctx.upstream else None
         refs = models.resolve_models(ctx)
         tasks, tm = runner.lm_eval_tasks(e, prep, out)
         data = runner.mt_bench_data(e, prep)
+        if data is not None and layout.rehearsing(ctx.cfg):
+            data.questions = per_category(data.questions, ctx.cfg.model.rehearsal)
         results: dict[str, dict] = {}
         answers: dict[str, list[dict]] = {}
         for ref in refs:
@@ -100,7 +104,12 @@ class EvalStage:
         if data is not None:
             t0 = time.time()
             judge = judges.build(
-                e.mt_bench.judge, data.prompts, prep, ctx.upstream, e.lm_eval.device
+                e.mt_bench.judge,
+                data.prompts,
+                prep,
+                ctx.upstream,
+                e.lm_eval.device,
+                _calibration_pairs(ctx.cfg, prep),
             )
             for model, summary in mt_bench.grade(judge, data, answers, out / "mt_bench").items():
                 results[model]["mt_bench"] = summary
@@ -157,3 +166,39 @@ def _copy_report(out: Path, stage_dir: Path) -> None:
             shutil.copytree(src, stage_dir / name, dirs_exist_ok=True)
         elif src.is_file():
             shutil.copy(src, stage_dir / name)
+
+
+def rehearsal_eval(cfg: DictConfig) -> Any:
+    """`eval`, or under the rehearsal (debug=micro on hub models) a copy with its caps: lm-eval
+    `limit`, MT-Bench answer length."""
+    if not layout.rehearsing(cfg):
+        return cfg.eval
+    r, e = cfg.model.rehearsal, OmegaConf.create(OmegaConf.to_container(cfg.eval, resolve=True))
+    limit = e.lm_eval.limit
+    e.lm_eval.limit = r.lm_eval_limit if limit is None else min(limit, r.lm_eval_limit)
+    e.mt_bench.max_new_tokens = min(e.mt_bench.max_new_tokens, r.max_new_tokens)
+    return e
+
+
+def per_category(questions: list[dict], r: Any) -> list[dict]:
+    """The first `r.mt_bench_per_category` questions of each category, in file order."""
+    seen: dict[str, int] = {}
+    keep = []
+    for q in questions:
+        c = str(q.get("category"))
+        if seen.get(c, 0) < r.mt_bench_per_category:
+            seen[c] = seen.get(c, 0) + 1
+            keep.append(q)
+    return keep
+
+
+def _calibration_pairs(cfg: DictConfig, prep: str | None) -> list[dict] | None:
+    """A reward-model judge without a score range or calibration file on hub data calibrates
+    on the reward data's test pairs (the tiny world's prepare writes its own file)."""
+    j = cfg.eval.mt_bench.judge
+    if str(j.type) != "reward_model" or j.score_low is not None or j.calibration_file:
+        return None
+    src = source_for(cfg, "reward.source")
+    if src.reads_prepare:
+        return None
+    return src.preference_pairs(cfg.reward, None)[1]

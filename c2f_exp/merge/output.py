@@ -7,11 +7,12 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from c2f_exp.core.layout import RESULT
 from c2f_exp.merge.config import coefficient_values
 from c2f_exp.merge.io import INDEX, MergeError
 
@@ -23,7 +24,7 @@ _OWN_FILES = {
     "README.md",
     "merge_recipe.json",
     "DONE",
-    "result.json",
+    RESULT,
     "metrics.jsonl",
 }
 
@@ -45,9 +46,18 @@ def copy_aux_files(src: Path, out: Path, out_dtype: str | None) -> list[str]:
     return copied
 
 
-def check_output_dir(dest: str, overwrite: bool) -> Path:
-    """`merger.output` must not exist unless overwrite=true, and its parent must be creatable."""
+def check_output_dir(
+    dest: str, overwrite: bool, protected: Mapping[str, Any] | None = None
+) -> Path:
+    """`merger.output` must not exist unless overwrite=true, and its parent must be creatable.
+
+    One rule guards every replacement (docs/method.md §5): the output may not equal, contain
+    or sit inside any `protected` directory (what -> path: the cache dir, the run dir, the
+    merge inputs), nor sit inside a run dir (`.hydra/` or manifest.json) or a cache artifact
+    (DONE); and overwrite=true replaces only an empty directory or a previous merge output
+    (merge_recipe.json), never e.g. a cache or a run dir it was pointed at by mistake."""
     p = Path(dest).expanduser()
+    _check_not_protected(dest, p.resolve(), protected or {})
     if p.exists() and not overwrite:
         raise MergeError(
             f"merger.output={dest} already exists; choose another directory or set "
@@ -55,19 +65,61 @@ def check_output_dir(dest: str, overwrite: bool) -> Path:
         )
     if p.exists() and not p.is_dir():
         raise MergeError(f"merger.output={dest} exists and is not a directory")
+    if p.is_dir() and any(p.iterdir()) and not (p / "merge_recipe.json").is_file():
+        raise MergeError(
+            f"merger.output={dest} exists and is not a previous merge output (no "
+            "merge_recipe.json); merger.overwrite=true replaces only a merged model directory: "
+            "choose another directory, or empty this one yourself"
+        )
     return p
 
 
+def _check_not_protected(dest: str, out: Path, protected: Mapping[str, Any]) -> None:
+    fix = "choose a directory outside the cache, the run dirs and the merge inputs"
+    for what, d in protected.items():
+        if not d:
+            continue
+        q = Path(str(d)).expanduser().resolve()
+        if out == q or out in q.parents or q in out.parents:
+            how = "is" if out == q else "contains" if out in q.parents else "sits inside"
+            raise MergeError(f"merger.output={dest} {how} {what}={d}; {fix}")
+    for d in (out, *out.parents):
+        if (d / "DONE").is_file() and (d / RESULT).is_file():
+            raise MergeError(f"merger.output={dest} is inside the cached artifact {d}; {fix}")
+        if d != out and ((d / ".hydra").is_dir() or (d / "manifest.json").is_file()):
+            raise MergeError(f"merger.output={dest} sits inside the run dir {d}; {fix}")
+
+
+def protected_dirs(cfg: Any, inputs: Mapping[str, Any], run_dir: Path | None = None) -> dict:
+    """What `merger.output` may not touch: `paths.cache_dir`, this run's dir (Hydra's output
+    dir when `run_dir` is None) and the merge inputs (role -> directory)."""
+    from omegaconf import OmegaConf
+
+    if run_dir is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            run_dir = Path(HydraConfig.get().runtime.output_dir)
+    out: dict[str, Any] = {"paths.cache_dir": OmegaConf.select(cfg, "paths.cache_dir")}
+    out["the run dir"] = run_dir
+    out.update({f"merger.{r}": d for r, d in inputs.items()})
+    return out
+
+
 @contextmanager
-def atomic_output(dest: Path, overwrite: bool) -> Iterator[Path]:
+def atomic_output(
+    dest: Path, overwrite: bool, protected: Mapping[str, Any] | None = None
+) -> Iterator[Path]:
     """Yield a temp dir beside `dest`; on success rename it to `dest` (replacing it only when
-    `overwrite`). On error the temp dir is removed: no complete-looking output is left."""
+    `overwrite`, and only where `check_output_dir` allows). On error the temp dir is removed:
+    no complete-looking output is left."""
+    check_output_dir(str(dest), overwrite, protected)  # before anything is created beside it
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".tmp-{dest.name}-{os.getpid()}-{time.time_ns()}")
     tmp.mkdir()
     try:
         yield tmp
-        check_output_dir(str(dest), overwrite)
+        check_output_dir(str(dest), overwrite, protected)
         if dest.exists():
             old = dest.with_name(f".old-{dest.name}-{time.time_ns()}")
             dest.rename(old)
@@ -80,12 +132,14 @@ def atomic_output(dest: Path, overwrite: bool) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def copy_model_dir(src: Path, dest: str, overwrite: bool) -> Path:
+def copy_model_dir(
+    src: Path, dest: str, overwrite: bool, protected: Mapping[str, Any] | None = None
+) -> Path:
     """Copy the model files of `src` to `dest` atomically (temp dir + rename)."""
-    target = check_output_dir(dest, overwrite)
-    with atomic_output(target, overwrite) as tmp:
+    target = check_output_dir(dest, overwrite, protected)
+    with atomic_output(target, overwrite, protected) as tmp:
         for f in src.iterdir():
-            if f.is_file() and f.name not in ("DONE", "result.json", "metrics.jsonl"):
+            if f.is_file() and f.name not in ("DONE", RESULT, "metrics.jsonl"):
                 shutil.copy2(f, tmp / f.name)
     return target
 

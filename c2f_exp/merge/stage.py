@@ -20,7 +20,7 @@ from c2f_exp.core import layout
 from c2f_exp.core.artifacts import write_json_atomic
 from c2f_exp.core.errors import bad_value
 from c2f_exp.core.hub import check_weights
-from c2f_exp.merge import io, output
+from c2f_exp.merge import inputs, io, output
 from c2f_exp.merge.config import ROLES
 from c2f_exp.stages import StageContext
 
@@ -50,8 +50,6 @@ class MergeStage:
         from c2f_exp.merge.stream import check_inputs
 
         m = cfg.merger
-        if m.output:
-            output.check_output_dir(m.output, m.overwrite)
         known = {}
         for role in ROLES[m.method]:
             if m[role]:
@@ -73,6 +71,15 @@ class MergeStage:
                     "a model directory when prepare does not run",
                     f"set merger.{role}=/path/to/model or add prepare to stages",
                 )
+        if "instruct" in known:
+            inputs.check_tokenizer(known["instruct"])
+        if "base" in known and "coarse" in known:
+            inputs.check_residue_possible(known["base"], known["coarse"])
+        if m.output:
+            named = {r: cfg.model[r].path for r in ("base", "instruct")}
+            named = {r: d for r, d in named.items() if d and Path(d).expanduser().is_dir()}
+            named.update({r: md.path for r, md in known.items()})
+            output.check_output_dir(m.output, m.overwrite, output.protected_dirs(cfg, named))
         if len(known) == len(ROLES[m.method]):
             check_inputs(known, m)
 
@@ -95,7 +102,8 @@ class MergeStage:
                 m.survival_warn,
             )
         if m.output:
-            target = output.copy_model_dir(out, m.output, m.overwrite)
+            keep = output.protected_dirs(ctx.cfg, dirs, ctx.run_dir)
+            target = output.copy_model_dir(out, m.output, m.overwrite, keep)
             log.info("merged model also written to %s", target)
         metrics = {
             "method": m.method,

@@ -11,6 +11,7 @@ thresholds), never a shard per input. Residue statistics are gathered on the sam
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
 import math
 import time
@@ -67,6 +68,7 @@ def check_inputs(models: dict[str, io.ModelDir], m: Any) -> list[Item]:
     check_coefficient_length(m.coefficient, ins.num_layers)
     for pattern, v in (m.module_overrides or {}).items():
         check_coefficient_length(v, ins.num_layers, f"merger.module_overrides.{pattern}")
+        _check_pattern_matches(str(pattern), list(ins.tensors))
     out_dtype = getattr(torch, m.out_dtype) if m.out_dtype else None
     plan, problems = [], []
     for name, info in ins.tensors.items():
@@ -102,6 +104,20 @@ def check_inputs(models: dict[str, io.ModelDir], m: Any) -> list[Item]:
             "; ".join(problems[:5]),
         )
     return plan
+
+
+def _check_pattern_matches(pattern: str, names: list[str]) -> None:
+    """A `merger.module_overrides` key is a substring of tensor names; one matching none (a
+    typo: `atention`) would change nothing and exit 0, so it is an error, with a did-you-mean."""
+    if any(pattern in n for n in names):
+        return
+    parts = {x for n in names for c in n.split(".") for x in (c, *c.split("_")) if x}
+    close = difflib.get_close_matches(pattern, sorted(parts), n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]}?" if close else "use a part of a tensor name"
+    raise io.MergeError(
+        f"merger.module_overrides.{pattern} matches no tensor of the instruct model (keys are "
+        f"substrings of tensor names such as {names[len(names) // 2]}); {hint}"
+    )
 
 
 def _arch(md: io.ModelDir) -> str:
@@ -182,9 +198,14 @@ def _merge_tensor(
 
 
 def _copy_tensor(writer: io.ShardWriter, models, item: Item) -> Stats:
+    """Copy an instruct tensor unmerged; NaN/inf are refused here too, as when merged."""
     t = models["instruct"].flat(item.name)
     for s in range(0, t.numel(), methods.BLOCK):  # memory-mapped or freshly cast: owned
-        writer.write(t[s : s + methods.BLOCK].to(item.dtype), owned=True)
+        raw = t[s : s + methods.BLOCK]
+        block = raw.to(item.dtype)
+        if block.is_floating_point() and not bool(torch.isfinite(block).all()):
+            raise _nonfinite_error(models, {"instruct": raw}, item.name)
+        writer.write(block, owned=True)
     return Stats(numel=t.numel())
 
 

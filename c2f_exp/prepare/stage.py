@@ -42,7 +42,16 @@ class PrepareStage:
             return build_tiny_world(cfg, ctx, out)
         refs = src.model_refs(cfg)  # models by path or hub id: recorded, not built
         (out / "models.json").write_text(json.dumps(refs, indent=2))
-        return {"source": src.name, **{f"{k}_ref": v for k, v in refs.items()}}
+        metrics = {"source": src.name, **{f"{k}_ref": v for k, v in refs.items()}}
+        if layout.rehearsing(cfg):  # debug=micro: their classes at tiny widths stand in
+            import torch
+
+            from c2f_exp.prepare import rehearsal
+
+            dtype = getattr(torch, str(cfg.model.base.dtype))
+            dirs = {r: layout.stage_model_dir("prepare", out, r) for r in ("base", "instruct")}
+            metrics.update(rehearsal.build(refs, cfg.model.rehearsal, dtype, cfg.seed, dirs))
+        return metrics
 
 
 def build_tiny_world(cfg: DictConfig, ctx: StageContext, out: Path) -> dict[str, Any]:
@@ -175,9 +184,3 @@ def _log_history(ctx: StageContext, hist: list[dict], phase: str, offset: int = 
                 {f"{phase}/loss": h["loss"], f"{phase}/lr": h.get("learning_rate")},
                 step=offset + int(h.get("step", 0)),
             )
-
-
-def model_dir(ctx: StageContext, role: str) -> str:
-    """Where the `base` or `instruct` model of this run lives (config path wins); the rule is
-    `layout.model_dir`, kept here for the stages that import it from prepare."""
-    return layout.model_dir(ctx.cfg, ctx.upstream, role)

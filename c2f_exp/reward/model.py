@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from c2f_exp.core import trainer_resume
+from c2f_exp.core import layout, trainer_resume
 from c2f_exp.core.errors import C2FError, ConfigError
 from c2f_exp.reward import knowledge
 
@@ -267,5 +267,5 @@ def train_reward_model(
 
 def reward_model_ref(artifact: Path) -> str:
     """The reward model of a `reward` artifact: its `model/` dir, or the hub id it points to."""
-    ref = artifact / "model_ref.json"
+    ref = artifact / layout.MODEL_REF
     return json.loads(ref.read_text())["ref"] if ref.is_file() else str(artifact / "model")

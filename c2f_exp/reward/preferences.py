@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,9 +63,28 @@ def check_hh_file(ref: str, key: str) -> None:
     ConfigError naming `key`, the file and the first bad line). Hub ids, directories and other
     formats are left to `datasets`."""
     p = Path(ref)
-    if p.is_file() and p.suffix == ".jsonl":
-        fix = 'each line must be {"chosen": "...", "rejected": "..."} (HH-RLHF transcripts)'
-        layout.check_jsonl(p, key, {"chosen": str, "rejected": str}, fix)
+    files = [p] if p.is_file() and p.suffix == ".jsonl" else []
+    if p.is_dir():  # a split directory or a git clone of the hub repo (gzipped subfolders)
+        files = sorted([*p.rglob("*.jsonl"), *p.rglob("*.jsonl.gz")])
+    fix = (
+        'each line must be {"chosen": "...", "rejected": "..."}, HH-RLHF transcripts '
+        '("\\n\\nHuman: ...\\n\\nAssistant: ...")'
+    )
+    for f in files:
+        layout.check_jsonl(f, key, {"chosen": str, "rejected": str}, fix, _assistant_turns)
+
+
+def _assistant_turns(row: dict) -> list[str]:
+    """The transcripts of a row without an assistant turn (named as bad fields)."""
+    return [
+        f"{k} (no '\\n\\nAssistant:')" for k in ("chosen", "rejected") if ASSISTANT not in row[k]
+    ]
+
+
+ASSISTANT = "\n\nAssistant:"
+
+
+HELD_OUT_FRACTION = 10  # a one-file data set's test split: its last 1/10 of the rows
 
 
 def hh_pairs(ref: str, split: str, limit: int | None) -> list[dict]:
@@ -72,26 +92,64 @@ def hh_pairs(ref: str, split: str, limit: int | None) -> list[dict]:
 
     Returns rows {"prompt": turns before the last reply, "chosen": str, "rejected": str}; rows
     whose transcripts do not alternate or do not share the prompt turns are dropped (counted).
+    A single `.jsonl` file has no splits: `test` is its last tenth, any other split the rest.
     """
     from datasets import load_dataset
 
     p = Path(ref)
-    ds = (
-        load_dataset("json", data_files=str(p), split="train")
-        if p.is_file()
-        else load_dataset(ref, split=split)
-    )
-    rows, dropped = [], 0
+    if p.is_file():  # one file, no splits: hold out its last tenth as `test`
+        ds = load_dataset("json", data_files=str(p), split="train")
+        n = len(ds)
+        k = max(1, n // HELD_OUT_FRACTION) if n > 1 else 0
+        log.info(
+            "%s is one file with no %r split: its last %d of %d rows are the test split, "
+            "the rest train",
+            ref,
+            split,
+            k,
+            n,
+        )
+        ds = ds.select(range(n - k, n) if split == "test" else range(n - k))
+    else:
+        ds = load_dataset(ref, split=split)
+    rows, dropped = [], Counter()
     for ex in ds:
         c, r = hh_to_turns(ex["chosen"]), hh_to_turns(ex["rejected"])
-        if c is None or r is None or c[:-1] != r[:-1] or c[-1]["content"] == r[-1]["content"]:
-            dropped += 1
+        why = _malformed(c, r)
+        if why:
+            dropped[why] += 1
             continue
         rows.append({"prompt": c[:-1], "chosen": c[-1]["content"], "rejected": r[-1]["content"]})
         if limit and len(rows) >= limit:
             break
-    log.info("%s[%s]: %d pairs, %d malformed rows dropped", ref, split, len(rows), dropped)
+    reasons = ", ".join(f"{n} {why}" for why, n in dropped.most_common())
+    log.info(
+        "%s[%s]: %d pairs, %d malformed rows dropped (%s)",
+        ref,
+        split,
+        len(rows),
+        sum(dropped.values()),
+        reasons or "none",
+    )
+    if not rows and dropped:
+        raise EmptyPreferenceSetError(
+            f"the preference set {ref}[{split}] has no pairs: all {sum(dropped.values())} "
+            f"rows were dropped as malformed ({reasons}); each row needs chosen and rejected "
+            "transcripts '\\n\\nHuman: ...\\n\\nAssistant: ...' that share every turn but "
+            "the last reply"
+        )
     return rows
+
+
+def _malformed(chosen: list | None, rejected: list | None) -> str | None:
+    """Why a chosen/rejected pair of turns cannot be a preference pair, else None."""
+    if chosen is None or rejected is None:
+        return "without alternating Human/Assistant turns"
+    if chosen[:-1] != rejected[:-1]:
+        return "whose chosen and rejected differ before the last reply"
+    if chosen[-1]["content"] == rejected[-1]["content"]:
+        return "with the same chosen and rejected reply"
+    return None
 
 
 def hub_pairs(r: Any) -> tuple[list[dict], list[dict]]:
@@ -134,7 +192,7 @@ class TinyWorldLabeller:
         from c2f_exp.tinyworld.scorer import GoldScorer
         from c2f_exp.tinyworld.world import World
 
-        self.world = World.load(prepared / "world.json")
+        self.world = World.load(layout.world_file(prepared))
         self.scorer = GoldScorer(self.world)
         lines = (prepared / "data" / "ppo_prompts.jsonl").read_text().splitlines()
         self.prompts = [json.loads(x) for x in lines if x.strip()]

@@ -16,18 +16,17 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from c2f_exp.core import hub
+from c2f_exp.core import hub, layout
 from c2f_exp.core.errors import ConfigError
 from c2f_exp.core.model_card import write_model_card
 from c2f_exp.core.tokenizers import save_tokenizer
-from c2f_exp.prepare.stage import model_dir
 from c2f_exp.reward import knowledge, tiny
 from c2f_exp.reward import model as rmod
 from c2f_exp.reward import preferences as prefs
 from c2f_exp.reward.config import validate_reward
 from c2f_exp.reward.model import score_texts  # noqa: F401  (public: used by coarse, eval)
 from c2f_exp.sources import source_for
-from c2f_exp.stages import StageContext, distributed_key, subtree
+from c2f_exp.stages import StageContext, distributed_key, model_dir, subtree
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ class RewardStage:
             if Path(ref).is_dir():
                 (out / "model").symlink_to(Path(ref).resolve(), target_is_directory=True)
             else:
-                (out / "model_ref.json").write_text(json.dumps({"ref": ref}))
+                (out / layout.MODEL_REF).write_text(json.dumps({"ref": ref}))
             model, tok = rmod.load_reward_model(ref)
             metrics: dict[str, Any] = {"trained": False}
         else:

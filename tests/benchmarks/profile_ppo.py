@@ -53,7 +53,7 @@ def profile(d: Path, length: int, updates: int, top: int) -> None:
         trm.generate = timed(times, "rollout", trm.generate)
     trm.make_experience = timed(times, "experience", trm.make_experience)
     tr.reward_fn = timed(times, "reward", tr.reward_fn)
-    tr.ppo_update = timed(times, "update", tr.ppo_update)
+    tr.update = timed(times, "update", tr.update)
     tokens = []
     for step in range(updates + 1):
         if step == updates:  # the last iteration under the profiler

@@ -104,7 +104,7 @@ def test_optimised_update_equals_plain_update_on_a_fixed_batch(micro, tmp_path, 
     perm0, head = tr._head(ro)
     assert head is not None and head.values.requires_grad
     fast = make_experience(tr.model, tr.ref, ro, scores, c, 0.05, head)
-    s_fast = tr.ppo_update(fast, perm0, head)
+    s_fast = tr.update(fast, perm0, head)
     w_fast = {k: v.clone() for k, v in tr.model.state_dict().items()}
 
     # plain: a second policy+critic forward for old log-probs and values, every forward anew
@@ -114,7 +114,7 @@ def test_optimised_update_equals_plain_update_on_a_fixed_batch(micro, tmp_path, 
         tr.model, tr.ref, dataclasses.replace(ro, logprobs=None), scores, c, 0.05
     )
     torch.manual_seed(7)
-    s_plain = tr.ppo_update(plain)
+    s_plain = tr.update(plain)
     w_plain = tr.model.state_dict()
 
     for f in dataclasses.fields(fast):

@@ -111,3 +111,44 @@ def test_full_micro_run_writes_no_secret_anywhere(secret_run):
     recorded = (run / ".hydra" / "overrides.yaml").read_text()
     assert f"https://{secrets.REDACTED}@judge.example/v1" in recorded  # passed, and redacted
     assert not leaks(secret_run, [*ENV_SECRETS.values(), URL_PASS])
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        # Hydra's escaped form, as a multirun writes overrides.yaml / hydra.yaml (issue 25.3)
+        ("u=http\\://alice\\:pw@h\\:8/v1", "u=http\\://{s}@h\\:8/v1"),
+        ("a=1,u=http\\://alice\\:pw@h/v1,b=2", "a=1,u=http\\://{s}@h/v1,b=2"),
+        # a password holding `@`: redacted up to the authority's LAST `@` (issue 25.4)
+        ("https://alice:p@ss@h/v1", "https://{s}@h/v1"),
+        ("u=http\\://alice\\:p@s@s@h\\:8", "u=http\\://{s}@h\\:8"),
+        ("+a.api_key=sk\\,x,debug=micro", "+a.api_key={s},debug=micro"),
+        ("mail me@x at http://h/a@b", "mail me@x at http://h/a@b"),  # not in an authority
+    ],
+)
+def test_redaction_understands_hydra_escapes_and_at_in_passwords(text, want):
+    assert secrets.redact_text(text) == want.format(s=secrets.REDACTED)
+
+
+def test_multirun_records_no_url_password(tmp_path, capsys, monkeypatch):
+    """A multirun writes its overrides escaped (`http\\://u\\:pw@h`): .hydra/*.yaml,
+    multirun.yaml and manifest.json must still hold no password (one with `@` included)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pw = "urlpass@HHH888"
+    url = f"http://alice:{pw}@judge.example/v1"
+    args = [
+        "hydra.mode=MULTIRUN",
+        f"hydra.sweep.dir={tmp_path}/multi",
+        "stages=[merge]",
+        "seed=0,1",
+    ]
+    code, out, err = run_inprocess(
+        [*args, f"eval.mt_bench.judge.base_url={url}"], tmp_path, capsys
+    )
+    written = {p.name for p in (tmp_path / "multi").rglob("*") if p.is_file()}
+    assert {"overrides.yaml", "hydra.yaml", "manifest.json", "multirun.yaml"} <= written, (
+        code,
+        err[-2000:],
+    )
+    assert not leaks(tmp_path, ["urlpass", "HHH888"])
+    assert "urlpass" not in out + err and "HHH888" not in out + err

@@ -79,6 +79,43 @@ traceback, and no stage artifact in the cache (it failed before anything trained
 |    | {"chosen": "...", "rejected": "..."} (HH-RLHF transcripts) |
 | 53 | mistral_c2f, `reward.dataset=<a .jsonl whose rows have no chosen>` |
 |    | reward.dataset=... line 1 lacks or mistypes chosen, rejected; each line must be ... |
+| 54 | question_file: one question_id twice | eval.mt_bench.question_file=... has question_id |
+|    |                                      | 81 twice (rows 1 and 2); ... keyed by question_id |
+| 55 | question_file: a row without category | ... line 1 lacks or mistypes category; every |
+|    |                                       | row needs question_id, category, turns ... |
+| 56 | question_file: FastChat's layout, with | ... line 1 lacks or mistypes entity; the |
+|    | the default judge (tinyworld_gold)     | tinyworld_gold judge grades only the tiny |
+|    |                                        | world's questions ...; set ...judge.type=... |
+| 57 | merge, `+merger.module_overrides.atention=0` | merger.module_overrides.atention |
+|    |                                              | matches no tensor of the instruct model |
+|    |                                              | (...); did you mean attention? |
+| 58 | `seed=-1` | seed must be an integer in [0, 2147483647] (got -1); numpy and torch ... |
+| 59 | `seed=1099511627776` (2**40) | seed must be an integer in [0, 2147483647] (got ...) |
+| 60 | `data.world.seed=-3` | data.world.seed must be an integer in [0, 2147483647] (got -3) |
+| 61 | `model.pretrain.adam_beta2=1.5` | model.pretrain.adam_beta2 must be in [0, 1) (got 1.5) |
+| 62 | `model.sft.warmup_steps=-1` | model.sft.warmup_steps must be >= 0 (got -1) |
+| 63 | `data.world.n_entities=4` | data.world.heldout_fraction must be small enough to leave |
+|    | `data.world.heldout_fraction=0.95` | a training entity of data.world.n_entities=4 |
+|    |                                    | (4 held out) (got 0.95); lower it or raise ... |
+| 64 | `data.world.pref_per_entity=0` | data.world.pref_per_entity must be >= 1 (got 0); |
+|    |                                | the reward model trains on these preference pairs |
+| 65 | `stages=[]` | stages must be a non-empty list (got []); e.g. stages=[prepare,reward] |
+| 66 | merge, base: config.json cut off | merger.base=...: config.json is not valid JSON |
+|    |                                  | (...); re-save the model with save_pretrained ... |
+| 67 | merge, coarse: config.json `[1, 2]` | merger.coarse=...: config.json must be a JSON |
+|    |                                     | object (got a list); re-save the model ... |
+| 68 | merge, instruct: no tokenizer files | merger.instruct=... has no tokenizer files |
+|    |                                     | (...); the merged model takes its tokenizer ... |
+| 69 | merge, coarse = the base dir | merger.coarse=... is the same directory as |
+|    |                              | merger.base=...: the residue coarse - base is zero ... |
+| 70 | merge, `merger.output=${paths.cache_dir}` | merger.output=... is paths.cache_dir=...; |
+|    | `merger.overwrite=true`                   | choose a directory outside the cache, ... |
+| 71 | merge, `merger.output=<the coarse input>` | merger.output=... is merger.coarse=...; |
+|    | `merger.overwrite=true`                   | choose a directory outside the cache, ... |
+| 72 | merge, `<paths.cache_dir>/merge` is a file | .../merge is a file where the artifact |
+|    |                                            | cache needs a directory (...); move ... |
+| 73 | a malformed conf/local/default.yaml (here | .../local/default.yaml line 3 column 1: |
+|    | found through `hydra.searchpath`)          | expected ',' or ']', ...; fix its YAML syntax |
 
 Not covered here (its check lives in a module owned elsewhere; see the issue-12 note): a reward
 model whose tokenizer differs from the policy's.
@@ -134,8 +171,23 @@ def paths(tmp_path_factory) -> dict[str, str]:
     sd["lm_head.weight"] = torch.zeros(80, 32)
     save_model(sd, vocab)
     (root / "q_badjson.jsonl").write_text(
-        '{"question_id": 1, "turns": ["a"]}\n{"question_id": 2,\n'
+        '{"question_id": 1, "category": "x", "turns": ["a"]}\n{"question_id": 2,\n'
     )
+    for name, text in (("cfg_badjson", '{"model_type": "mistral",'), ("cfg_list", "[1, 2]")):
+        shutil.copytree(p["trio_base"], root / name)
+        (root / name / "config.json").write_text(text)
+    (root / "badlocal" / "local").mkdir(parents=True)
+    (root / "badlocal" / "local" / "default.yaml").write_text("# @package _global_\nseed: [1, 2\n")
+    (root / "filecache").mkdir()
+    (root / "filecache" / "merge").write_text("a file where the merge stage's directory goes")
+    shutil.copytree(p["trio_instruct"], root / "no_tokenizer")
+    (root / "no_tokenizer" / "tokenizer_config.json").unlink()
+    q = {"question_id": 81, "category": "writing", "turns": ["a", "b"]}
+    (root / "q_fastchat.jsonl").write_text(json.dumps(q) + "\n")
+    (root / "q_dup.jsonl").write_text(
+        "".join(json.dumps({**q, "entity": "e"}) + "\n" for _ in "ab")
+    )
+    (root / "q_nocategory.jsonl").write_text(json.dumps({"question_id": 1, "turns": ["a"]}) + "\n")
     (root / "q_noturns.jsonl").write_text('{"question_id": 1, "category": "x", "text": "a"}\n')
     prompt = {"name": "single-v1", "prompt_template": "{question}", "system_prompt": ""}
     (root / "prompts.jsonl").write_text(json.dumps(prompt) + "\n")
@@ -149,8 +201,11 @@ def paths(tmp_path_factory) -> dict[str, str]:
     (root / "hh_nochosen.jsonl").write_text(json.dumps({"prompt": "a", "response": "b"}) + "\n")
     p.update({k: str(root / k) for k in ("empty", "pickle", "truncated", "shapes", "vocab")})
     p.update({k: str(root / f"{k}.jsonl") for k in ("q_badjson", "q_noturns", "prompts")})
+    p.update({k: str(root / f"{k}.jsonl") for k in ("q_fastchat", "q_dup", "q_nocategory")})
     p.update({k: str(root / f"{k}.jsonl") for k in ("hh_good", "hh_badjson", "hh_nochosen")})
     p.update(missing=str(root / "missing"), afile=str(root / "afile"))
+    for k in ("cfg_badjson", "cfg_list", "no_tokenizer", "filecache", "badlocal"):
+        p[k] = str(root / k)
     return p
 
 
@@ -250,7 +305,7 @@ TABLE = [
     (
         "questions_turns",
         lambda p: [*EVAL, f"eval.mt_bench.question_file={p['q_noturns']}"],
-        "line 1 lacks or mistypes turns; every row needs question_id, turns",
+        "line 1 lacks or mistypes turns; every row needs question_id, category, turns",
     ),
     (
         "questions_missing",
@@ -293,6 +348,7 @@ TABLE = [
         "hub_model_pickle",
         lambda p: [
             "+experiment=mistral_c2f",
+            "distributed=none",  # a CPU machine: one process
             f"model.base.path={p['pickle']}",
             f"model.instruct.path={p['trio_instruct']}",
         ],
@@ -317,6 +373,7 @@ TABLE = [
         "hh_preferences_badjson",
         lambda p: [
             "+experiment=mistral_c2f",
+            "distributed=none",  # a CPU machine: one process
             f"model.base.path={p['trio_base']}",
             f"model.instruct.path={p['trio_instruct']}",
             f"data.hub.prompt_dataset={p['hh_good']}",
@@ -329,6 +386,7 @@ TABLE = [
         "hh_reward_no_chosen",
         lambda p: [
             "+experiment=mistral_c2f",
+            "distributed=none",  # a CPU machine: one process
             f"model.base.path={p['trio_base']}",
             f"model.instruct.path={p['trio_instruct']}",
             f"data.hub.prompt_dataset={p['hh_good']}",
@@ -347,6 +405,93 @@ TABLE = [
         "reward_save_steps",
         ["reward.train.save_steps=-5"],
         "reward.train.save_steps must be an integer >= 0 (got -5)",
+    ),
+    (
+        "questions_duplicate_id",
+        lambda p: [*EVAL, f"eval.mt_bench.question_file={p['q_dup']}"],
+        "eval.mt_bench.question_file=*has question_id 81 twice (rows 1 and 2); answers and "
+        "judgments are keyed by question_id",
+    ),
+    (
+        "questions_no_category",
+        lambda p: [*EVAL, f"eval.mt_bench.question_file={p['q_nocategory']}"],
+        "eval.mt_bench.question_file=*line 1 lacks or mistypes category; every row needs",
+    ),
+    (
+        "questions_fastchat_gold_judge",
+        lambda p: [*EVAL, f"eval.mt_bench.question_file={p['q_fastchat']}"],
+        "eval.mt_bench.question_file=*line 1 lacks or mistypes entity; the tinyworld_gold judge "
+        "grades only the tiny world's questions*set eval.mt_bench.judge.type=",
+    ),
+    (
+        "merge_override_typo",
+        lambda p: [*_merge(p), "+merger.module_overrides.atention=0"],
+        "merger.module_overrides.atention matches no tensor of the instruct model*; did you "
+        "mean attention?",
+    ),
+    ("seed_negative", ["seed=-1"], "seed must be an integer in [0, 2147483647] (got -1)"),
+    ("seed_huge", ["seed=1099511627776"], "seed must be an integer in [0, 2147483647] (got 1099"),
+    ("world_seed", ["data.world.seed=-3"], "data.world.seed must be an integer in [0, 2147"),
+    (
+        "adam_beta2",
+        ["model.pretrain.adam_beta2=1.5"],
+        "model.pretrain.adam_beta2 must be in [0, 1)",
+    ),
+    ("warmup", ["model.sft.warmup_steps=-1"], "model.sft.warmup_steps must be >= 0 (got -1)"),
+    (
+        "no_training_entity",
+        ["data.world.n_entities=4", "data.world.heldout_fraction=0.95"],
+        "data.world.heldout_fraction must be small enough to leave a training entity of "
+        "data.world.n_entities=4 (4 held out) (got 0.95); lower it",
+    ),
+    (
+        "no_preferences",
+        ["data.world.pref_per_entity=0"],
+        "data.world.pref_per_entity must be >= 1",
+    ),
+    ("no_stages", ["stages=[]"], "stages must be a non-empty list (got []); e.g. stages=[prepare"),
+    (
+        "merge_config_badjson",
+        lambda p: _merge(p, base="cfg_badjson"),
+        "merger.base=*cfg_badjson: config.json is not valid JSON (*); re-save the model",
+    ),
+    (
+        "merge_config_list",
+        lambda p: _merge(p, coarse="cfg_list"),
+        "merger.coarse=*cfg_list: config.json must be a JSON object (got a list); re-save",
+    ),
+    (
+        "merge_no_tokenizer",
+        lambda p: _merge(p, instruct="no_tokenizer"),
+        "merger.instruct=*no_tokenizer has no tokenizer files (tokenizer.json, *); the merged "
+        "model takes its tokenizer from merger.instruct",
+    ),
+    (
+        "merge_coarse_is_base",
+        lambda p: _merge(p, coarse="trio_base"),
+        "merger.coarse=*is the same directory as merger.base=*: the residue coarse - base is zero",
+    ),
+    (
+        "merge_output_is_cache",
+        lambda p: [*_merge(p), "merger.output=${paths.cache_dir}", "merger.overwrite=true"],
+        "merger.output=*/cache is paths.cache_dir=*/cache; choose a directory outside the cache",
+    ),
+    (
+        "merge_output_is_input",
+        lambda p: [*_merge(p), f"merger.output={p['trio_coarse']}", "merger.overwrite=true"],
+        "merger.output=*is merger.coarse=*; choose a directory outside the cache, the run dirs",
+    ),
+    (
+        "cache_stage_is_file",
+        lambda p: [*_merge(p), f"paths.cache_dir={p['filecache']}"],
+        "filecache/merge is a file where the artifact cache needs a directory (*); move or "
+        "delete it, or set paths.cache_dir=",
+    ),
+    (
+        "local_yaml_malformed",
+        lambda p: [f"hydra.searchpath=[file://{p['badlocal']}]"],
+        "badlocal/local/default.yaml line 3 column 1: expected ',' or ']', but got '<stream "
+        "end>' (while parsing a flow sequence); fix its YAML syntax",
     ),
 ]
 
@@ -478,3 +623,21 @@ def test_judge_calls_retry_a_bounded_number_of_times_then_name_the_server(hangin
     client = OpenAICompatibleClient(hanging_url, "m", None, 0.2, 2, 0.01)
     with pytest.raises(JudgeUnavailable, match=r"127\.0\.0\.1.* failed 3 time\(s\): ReadTimeout"):
         client.complete([{"role": "user", "content": "hi"}], 0.0, 8)
+
+
+def test_eval_loader_refuses_nan_weights(tiny_artifact, tmp_path):
+    """Issue 25.7: a diverged model (NaN weights) was evaluated and scored with exit 0."""
+    from safetensors.torch import load_file
+
+    from c2f_exp.core.errors import ConfigError
+    from c2f_exp.evaluation.lineup import ModelRef, load
+
+    bad = tmp_path / "nan"
+    shutil.copytree(tiny_artifact / "instruct", bad)
+    sd = load_file(bad / "model.safetensors")
+    name = sorted(k for k in sd if k.endswith("weight"))[-1]
+    sd[name].view(-1)[0] = float("nan")
+    save_file(sd, bad / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ConfigError, match=rf"^eval.models.x={bad}: weight .* holds NaN/inf"):
+        load(ModelRef("x", str(bad), True, str(bad)), "float32", "cpu")
+    load(ModelRef("y", str(tiny_artifact / "instruct"), True, str(bad)), "float32", "cpu")

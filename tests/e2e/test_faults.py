@@ -12,6 +12,7 @@ every scenario kills exactly its own stage.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -199,7 +200,7 @@ real, calls = getattr(obj, name), [0]
 def wrapped(*a, **k):
     calls[0] += 1
     if calls[0] == int(n):
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, os.environ.get("C2F_KILL_SIG", "SIGKILL")))
     return real(*a, **k)
 setattr(obj, name, wrapped)
 sys.argv = ["c2f_exp", *sys.argv[1:]]
@@ -211,14 +212,14 @@ POINTS = {
     "prepare": ("transformers:Trainer.training_step:5", []),
     "reward": ("transformers:Trainer.training_step:2", ["prepare"]),
     "coarse_rollout": ("c2f_exp.coarse.trainer:CoarseTrainer.run_step:3", ["prepare", "reward"]),
-    "coarse_update": ("c2f_exp.coarse.trainer:CoarseTrainer.ppo_update:3", ["prepare", "reward"]),
+    "coarse_update": ("c2f_exp.coarse.trainer:CoarseTrainer.update:3", ["prepare", "reward"]),
     "merge": ("c2f_exp.merge.io:ShardWriter.write:4", ["prepare", "reward", "coarse"]),
     "eval": ("c2f_exp.evaluation.mt_bench:generate:2", ["prepare", "reward", "coarse", "merge"]),
 }
 
 
-def _cli(args: list[str], tmp: Path, run: str, kill_at: str | None = None):
-    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": str(ROOT)}
+def _cli(args: list[str], tmp: Path, run: str, kill_at: str | None = None, sig: str = "SIGKILL"):
+    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": str(ROOT), "C2F_KILL_SIG": sig}
     if kill_at:
         env["C2F_KILL_AT"] = kill_at
     cmd = ["-c", KILLER] if kill_at else ["-m", "c2f_exp"]
@@ -271,3 +272,25 @@ def test_kill_at_any_point_then_rerun_loses_nothing(point, baseline, tmp_path):
         assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
     if stage == "eval":  # greedy decoding, gold judge: identical scores
         assert mine["metrics"] == ref["metrics"]
+
+
+@pytest.mark.parametrize(("sig", "status"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_sigterm_and_ctrl_c_take_the_error_path(sig, status, tmp_path):
+    """Issue 25.8: SIGTERM (SLURM's time limit) exited 143 leaving manifest.json `running`,
+    Ctrl-C printed a KeyboardInterrupt traceback. Now both unwind like an exception: manifest
+    `failed`, lock free, no temp dir, one `error:` line, exit 128 + signal number."""
+    point = "transformers:Trainer.training_step:2"  # inside the prepare stage's pretraining
+    proc, _ = _cli([*MICRO, "stages=[prepare]"], tmp_path, "run", point, sig)
+    assert proc.returncode == status, proc.stderr[-3000:]
+    errors = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and f"interrupted by {sig}" in errors[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["error"] == f"Interrupted: stopped by {sig}"
+    stage = tmp_path / "cache" / "prepare"
+    assert not list(stage.glob(".tmp-*")) and not list(stage.glob("*/DONE"))
+    locks = list(stage.glob("*.lock"))
+    assert locks
+    for lock in locks:  # released: we get it at once
+        with open(lock, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)

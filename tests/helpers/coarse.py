@@ -34,7 +34,7 @@ def coarse_cfg(
         {
             "model": {"name": "tiny", "arch": {"max_position_embeddings": 256 if micro else 512}},
             "data": {"name": "tinyworld"},
-            "tracker": {"backend": "none"},
+            "tracker": {"backends": []},
             "paths": {"root_dir": "/tmp", "output_dir": "/tmp", "cache_dir": "/tmp"},
         },
     )

@@ -98,7 +98,9 @@ def build_trio(root: Path, scale: float = 0.02) -> dict[str, str]:
         g = torch.Generator().manual_seed(seed)
         sd = {k: v + scale * torch.randn(v.shape, generator=g) for k, v in base.items()}
         save_model(sd, root / role, shards=3 if role == "coarse" else 1)
-    (root / "instruct" / "tokenizer_config.json").write_text('{"model_max_length": 64}')
+    (root / "instruct" / "tokenizer_config.json").write_text(
+        '{"model_max_length": 64, "eos_token": "</s>", "chat_template": "{{ messages }}"}'
+    )
     return {r: str(root / r) for r in ROLES}
 
 

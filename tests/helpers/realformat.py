@@ -17,6 +17,7 @@ import gzip
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 MT_BENCH = FIXTURES / "mt_bench"
@@ -156,3 +157,59 @@ def write_hh(kind: str, root: Path, n: int = 48) -> Path:
         f.write_text(text["train"] + text["test"])
         return f
     raise ValueError(kind)
+
+
+REHEARSAL_TASK = """task: rehearsal_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "Question: {{{{q}}}}\\nAnswer:"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{label}}}}"
+metric_list:
+  - metric: acc
+"""
+
+
+def rehearsal_inputs(root: Path) -> tuple[list[str], Any]:
+    """What a user has for the 7B recipe, as stand-ins under `root`, and the command-line
+    overrides that point `+experiment=mistral_c2f debug=micro` at them (add `distributed=`).
+    Returns (overrides, the running judge server: close it when done)."""
+    from tests.helpers.judge_server import KEY_ENV, JudgeServer
+
+    base = mistral_dir(root / "Mistral-7B-v0.1")
+    instruct = mistral_dir(root / "Mistral-7B-Instruct-v0.2", instruct=True)
+    clone = write_hh("hub_clone", root / "hh-rlhf")  # reward model: the hub repo's layout
+    one_file = write_hh("one_file", root / "hh-prompts")  # PPO prompts: one file
+    tasks = root / "tasks"
+    tasks.mkdir(exist_ok=True)
+    rows = [{"q": f"Is {n} even?", "choices": ["yes", "no"], "label": n % 2} for n in range(8)]
+    (tasks / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tasks / "rehearsal_mc.yaml").write_text(REHEARSAL_TASK.format(data=tasks / "data.jsonl"))
+    server = JudgeServer()
+    return [
+        "+experiment=mistral_c2f",
+        "debug=micro",
+        f"model.base.path={base}",
+        f"model.instruct.path={instruct}",
+        f"data.hub.preference_dataset={clone}",
+        f"data.hub.prompt_dataset={one_file}",
+        "eval.lm_eval.tasks=[rehearsal_mc]",
+        f"eval.lm_eval.include_path=[{tasks}]",
+        f"eval.mt_bench.question_file={MT_BENCH / 'question.jsonl'}",
+        f"eval.mt_bench.judge_prompts_file={MT_BENCH / 'judge_prompts.jsonl'}",
+        f"eval.mt_bench.reference_answer_file={MT_BENCH / 'reference_answer_gpt-4.jsonl'}",
+        f"eval.mt_bench.judge.base_url={server.url}",
+        "eval.mt_bench.judge.model=judge-model",
+        f"eval.mt_bench.judge.api_key_env={KEY_ENV}",
+        "tracker=none",
+    ], server
+
+
+def rehearsal_env() -> dict[str, str]:
+    from tests.helpers.judge_server import KEY, KEY_ENV
+
+    return {KEY_ENV: KEY, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

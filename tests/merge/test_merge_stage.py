@@ -4,6 +4,7 @@ preflight, run into an atomic artifact dir, merge_recipe.json, merger.output, ba
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from safetensors.torch import save_file
 
 from c2f_exp.core.errors import C2FError, ConfigError
 from c2f_exp.merge import config as mconfig
-from c2f_exp.merge import methods
+from c2f_exp.merge import methods, output
 from c2f_exp.merge.config import MergerConf
 from c2f_exp.merge.stage import RECIPE, MergeStage
 from tests.conftest import tiny_mistral_config
@@ -181,3 +182,64 @@ def test_hand_written_trio_matches_a_real_mistral():
     real = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     hand = {k: tuple(v.shape) for k, v in tiny_mistral_state(torch.Generator()).items()}
     assert hand == real
+
+
+def test_output_never_replaces_the_cache_a_run_dir_or_an_input(trio, tmp_path):
+    """Issue 25.1: `merger.output=<paths.cache_dir> merger.overwrite=true` deleted the cache.
+    One rule: the output may not equal, contain or sit inside the cache, a run dir or an input;
+    overwrite replaces only a previous merge output."""
+    cache = tmp_path / "cache"
+    (cache / "prepare" / "abc").mkdir(parents=True)
+    (cache / "prepare" / "abc" / "DONE").write_text("t")
+    (cache / "prepare" / "abc" / "result.json").write_text("{}")
+    run = tmp_path / "runs" / "r1"
+    (run / ".hydra").mkdir(parents=True)
+    mine = tmp_path / "mine"
+    (mine / "notes.txt").parent.mkdir()
+    (mine / "notes.txt").write_text("precious")
+
+    def cfg(dest):
+        c = make_cfg(output=str(dest), overwrite=True, **trio)
+        return OmegaConf.merge(c, {"paths": {"cache_dir": str(cache)}})
+
+    cases = {
+        cache: "is paths.cache_dir",
+        tmp_path: "contains paths.cache_dir",
+        cache / "merge" / "new": "sits inside paths.cache_dir",
+        trio["coarse"]: "is merger.coarse",
+        Path(trio["base"]) / "sub": "sits inside merger.base",
+        run / "fine": "sits inside the run dir",
+        run: "exists and is not a previous merge output",
+        mine: "exists and is not a previous merge output",
+    }
+    for dest, why in cases.items():
+        with pytest.raises(C2FError, match=re.escape(f"merger.output={dest} {why}")):
+            MergeStage().preflight(cfg(dest))
+    assert (cache / "prepare" / "abc" / "DONE").is_file() and (mine / "notes.txt").is_file()
+    with pytest.raises(C2FError, match="is the run dir"):  # at run time too (copy_model_dir)
+        output.copy_model_dir(Path(trio["coarse"]), str(run), True, {"the run dir": run})
+    assert (run / ".hydra").is_dir()
+
+
+def test_nan_in_an_unmerged_instruct_tensor_is_a_named_error(trio, tmp_path):
+    """Issue 25.7: tensors copied from instruct unmerged (on_mismatch=keep_instruct) are
+    checked for NaN/inf as merged ones are."""
+    from safetensors.torch import load_file
+
+    name = "model.layers.0.mlp.up_proj.weight"
+    ins, coarse = tmp_path / "instruct", tmp_path / "coarse"
+    shutil.copytree(trio["instruct"], ins)
+    shutil.copytree(trio["coarse"], coarse)
+    sd = load_file(ins / "model.safetensors")
+    sd[name][0, 0] = float("nan")
+    save_file(sd, ins / "model.safetensors")
+    for shard in coarse.glob("*.safetensors"):  # coarse: another shape -> keep_instruct
+        part = load_file(shard)
+        if name in part:
+            part[name] = torch.zeros(48, 32)
+            save_file(part, shard)
+    cfg = make_cfg(
+        on_mismatch="keep_instruct", base=trio["base"], instruct=str(ins), coarse=str(coarse)
+    )
+    with pytest.raises(C2FError, match=rf"merger.instruct: tensor {name} .* has NaN/inf"):
+        run_stage(cfg, tmp_path / "r")

@@ -202,18 +202,24 @@ def test_gold_agreement_by_hand(monkeypatch):
     assert m["gold_agreement_gap1"] == pytest.approx(1 / 4)  # gaps >= 1: only (0,1) agrees
 
 
+GOOD = json.dumps(
+    {"chosen": "\n\nHuman: q\n\nAssistant: a", "rejected": "\n\nHuman: q\n\nAssistant: b"}
+)
+
+
 @pytest.mark.parametrize(
     ("text", "needle"),
     [
         ("", "has no rows"),
         ("\n\n", "has no rows"),
-        (
-            '{"chosen": "a", "rejected": "b"}\n[1, 2]\n',
-            "line 2 lacks or mistypes chosen, rejected",
-        ),
+        (f"{GOOD}\n[1, 2]\n", "line 2 lacks or mistypes chosen, rejected"),
         ('{"chosen": "a"}\n', "line 1 lacks or mistypes rejected"),
         ('{"chosen": "a", "rejected": 3}\n', "line 1 lacks or mistypes rejected"),
-        ('{"chosen": "a", "rejected": "b"}\n\n{"chosen": "a", "rej', "line 3 is not valid JSON ("),
+        (f'{GOOD}\n\n{{"chosen": "a", "rej', "line 3 is not valid JSON ("),
+        (  # no assistant turn: not an HH transcript
+            '{"chosen": "Human: hi", "rejected": "\\n\\nHuman: a\\n\\nAssistant: b"}\n',
+            "line 1 lacks or mistypes chosen (no '\\n\\nAssistant:')",
+        ),
     ],
 )
 def test_a_malformed_hh_file_is_named_at_preflight(tmp_path, text, needle):
@@ -226,10 +232,10 @@ def test_a_malformed_hh_file_is_named_at_preflight(tmp_path, text, needle):
 
 def test_a_wellformed_hh_file_and_non_jsonl_refs_pass(tmp_path):
     f = tmp_path / "prefs.jsonl"
-    f.write_text('{"chosen": "a", "rejected": "b", "extra": 1}\n\n')
+    f.write_text(GOOD[:-1] + ', "extra": 1}\n\n')
     prefs.check_hh_file(str(f), "reward.dataset")
     prefs.check_hh_file("Anthropic/hh-rlhf", "reward.dataset")  # a hub id: left to datasets
-    prefs.check_hh_file(str(tmp_path), "reward.dataset")  # a directory: left to datasets
+    prefs.check_hh_file(str(tmp_path), "reward.dataset")  # a directory: its files checked
 
 
 def test_hh_transcripts_become_chat_pairs(tmp_path):
