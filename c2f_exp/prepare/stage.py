@@ -30,7 +30,10 @@ class PrepareStage:
     def config_subtree(self, cfg: DictConfig) -> dict[str, Any]:
         sub = {"model": cfg.model, "seed": cfg.seed}
         sub.update(source_for(cfg, "model.source").prepare_subtree(cfg))  # world | hub_data
-        return subtree(sub)
+        out = subtree(sub)
+        if out["model"].get("rehearsal") is None:  # keys of runs without it stay as they were
+            out["model"].pop("rehearsal", None)
+        return out
 
     def preflight(self, cfg: DictConfig) -> None:
         source_for(cfg, "model.source").check_models(cfg)  # hub: weights there
