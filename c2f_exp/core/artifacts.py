@@ -111,7 +111,15 @@ def is_complete(path: Path) -> bool:
 def claim(path: Path) -> Iterator[None]:
     """Exclusive lock for building artifact `path` (blocks while another process holds it)."""
     _stage_dir(path.parent)
-    with open(path.with_name(path.name + ".lock"), "w") as fh:
+    with file_lock(path.with_name(path.name + ".lock")):
+        yield
+
+
+@contextlib.contextmanager
+def file_lock(lock: Path) -> Iterator[None]:
+    """An exclusive `flock` on the file `lock` (created if missing) for the block; the kernel
+    releases it when the process dies, so a killed holder never blocks the next one."""
+    with open(lock, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield

@@ -19,7 +19,6 @@ mlflow is imported inside functions only (the `mlflow` extra).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from c2f_exp.core.artifacts import file_lock
 from c2f_exp.core.errors import ConfigError
 from c2f_exp.core.secrets import redact_text
 
@@ -72,12 +72,8 @@ def _store_lock(uri: str) -> Iterator[None]:
         yield
         return
     db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with file_lock(db.with_name(db.name + ".lock")):
+        yield
 
 
 def _timeout(tcfg: Any) -> float:
@@ -159,8 +155,7 @@ def _parent_run(client: Any, exp_id: str, ident: Any, uri: str) -> str:
     sweep_dir = Path(ident.sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     where, key = sweep_dir / PARENT_FILE, redact_text(uri)
-    with open(sweep_dir / f".{PARENT_FILE}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # jobs of a joblib/submitit sweep start together
+    with file_lock(sweep_dir / f".{PARENT_FILE}.lock"):  # a sweep's jobs start together
         known = json.loads(where.read_text()) if where.is_file() else {}
         run_id = known.get(key, {}).get("run_id")
         if run_id:
