@@ -61,8 +61,11 @@ def launch(n: int, overrides: list[str], run_dir: Path) -> int:
     """Run `python -m c2f_exp <overrides> hydra.run.dir=<run_dir>` as `n` local ranks with
     torch's elastic launch; returns 0 when every rank succeeded, else 1 (the failing rank's
     error is in its log, `<run_dir>/ranks/`)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from c2f_exp.core.signals import Interrupted
 
     logs = run_dir / "ranks"
     logs.mkdir(parents=True, exist_ok=True)
@@ -84,6 +87,8 @@ def launch(n: int, overrides: list[str], run_dir: Path) -> int:
     except ChildFailedError as e:
         log.error("a rank failed: %s (logs: %s)", next(iter(e.failures.values())).message, logs)
         return 1
+    except SignalException as e:  # SIGTERM/SIGINT: the agent stopped the ranks (each marks
+        raise Interrupted(int(e.sigval)) from None  # its manifest failed); one line, 143/130
     return 0
 
 

@@ -336,3 +336,40 @@ def test_distributed_without_a_launcher_starts_ranks_itself(tmp_path):
         ("reward", "done"),
     ]
     assert m["stages"][1]["metrics"]["trained"]
+
+
+def test_sigterm_to_the_self_launching_parent_stops_every_rank(tmp_path):
+    """SLURM's time limit reaches the process that started the ranks: the ranks stop (rank 0
+    marks its manifest failed) and the parent prints one line and exits 143."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+    from tests.helpers.realformat import rehearsal_env, rehearsal_inputs
+
+    args, server = rehearsal_inputs(tmp_path)
+    server.close()
+    cmd = [sys.executable, "-m", "c2f_exp", f"hydra.run.dir={tmp_path}/run",
+           f"paths.cache_dir={tmp_path}/cache", *args, "stages=[prepare,reward]",
+           "distributed=ddp", "distributed.cpu=true", "distributed.num_processes=2"]  # fmt: skip
+    env = {**os.environ, **rehearsal_env(), "TQDM_DISABLE": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    manifest = tmp_path / "run" / "manifest.json"
+    for _ in range(600):  # rank 0's pipeline has started once its manifest exists
+        if manifest.is_file() or proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    lines = [x for x in err.decode().splitlines() if x.startswith("error:")]
+    assert lines and "interrupted by SIGTERM" in lines[-1]
+    for _ in range(50):  # the ranks' own exits are asynchronous to the parent's
+        if json.loads(manifest.read_text())["status"] != "running":
+            break
+        time.sleep(0.1)
+    assert json.loads(manifest.read_text())["status"] == "failed"
