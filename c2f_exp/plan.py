@@ -91,6 +91,7 @@ def model_states_gib(params: int, largest: int, d: Any, n_gpus: int) -> float:
 
 def build_plan(cfg: Any) -> dict[str, Any]:
     """The plan as data (printed by `print_plan`)."""
+    from c2f_exp.coarse.schedule_config import max_limit
     from c2f_exp.core import hub
     from c2f_exp.sources import source_for
 
@@ -119,7 +120,7 @@ def build_plan(cfg: Any) -> dict[str, Any]:
             "gpu_gib": round(model_states_gib(base.params, base.largest_layer, d, n_gpus), 1),
         }
     if "coarse" in stages:
-        l_max = cfg.length_schedule.l_max or max(cfg.length_schedule.limits or [0])
+        l_max = max_limit(cfg.length_schedule)
         budget = int(c.token_budget) if c.token_budget else int(c.steps * c.batch_size * l_max)
         per_gpu = max(1, c.batch_size // n_gpus)
         prompt_len = 512  # our assumption for HH prompts (reported as such)

@@ -253,6 +253,7 @@ class HubSource(DataSource):
         """No PPO prompt (with `coarse.prompt_prefix`) leaves fewer than the largest rollout
         limit of the policy's context. Tokens never outnumber UTF-8 bytes (+ BOS), so only
         prompts longer than that in bytes are tokenized."""
+        from c2f_exp.coarse.schedule_config import max_limit
         from c2f_exp.core import hub
         from c2f_exp.core.errors import ConfigError
 
@@ -260,8 +261,7 @@ class HubSource(DataSource):
             return  # validate_model / check_data name what is missing
         ref = hub.resolve_model(cfg.model.base.path, "model.base.path", cfg.model.base.revision)
         context = hub.check_config_json(ref, "model.base.path").get("max_position_embeddings")
-        ls = cfg.length_schedule
-        top = max([x for x in (ls.get("l_max"), *(ls.get("limits") or [])) if x] or [0])
+        top = max_limit(cfg.length_schedule)
         if not context:
             return
         room = int(context) - int(top)

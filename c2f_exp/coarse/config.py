@@ -14,6 +14,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from c2f_exp.coarse.schedule_config import max_limit
 from c2f_exp.core.choices import DTYPES
 from c2f_exp.core.errors import bad_value, check_choice
 from c2f_exp.sources import source_for
@@ -186,8 +187,7 @@ def _check_gold(cfg: Any) -> None:
 
 def _check_lengths(cfg: Any) -> None:
     """The longest rollout must fit the tiny model's positions (hub models: their problem)."""
-    ls = cfg.length_schedule
-    top = max([x for x in (ls.get("l_max"), *(ls.get("limits") or [])) if x is not None] or [0])
+    top = max_limit(cfg.length_schedule)
     if source_for(cfg, "model.source").builds_models:  # its positions: model.arch
         room = cfg.model.arch.max_position_embeddings - 16  # prompts are ~8 tokens
         if top > room:

@@ -31,6 +31,12 @@ class LengthScheduleConf:
     limits: list[int] | None = None  # step: one more limit than boundaries
 
 
+def max_limit(ls: Any) -> int:
+    """The largest rollout limit a `length_schedule` node can reach (`l_max`, or the last of a
+    step schedule's `limits`); 0 when it names none."""
+    return max([x for x in (ls.get("l_max"), *(ls.get("limits") or [])) if x is not None] or [0])
+
+
 def validate_schedule(cfg: Any) -> None:
     """Check the `length_schedule` node by building it once (cheap, no tensors).
 

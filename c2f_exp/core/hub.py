@@ -132,23 +132,33 @@ def check_local_weights(ref: str, key: str) -> None:
         check_weights(Path(ref).expanduser(), key)
 
 
+def read_config_json(path: Path, key: str, error: type[Exception] = ConfigError) -> dict:
+    """`<path>/config.json` as a dict; `error` naming `key`, the file and the fix when it is
+    not valid JSON or not a JSON object (the merge stage passes its MergeError)."""
+    import json
+
+    f = path / "config.json"
+    fix = "re-save the model with save_pretrained, or restore config.json from its source"
+    try:
+        cfg = json.loads(f.read_text())
+    except OSError as e:
+        raise error(f"{key}={path}: {f.name} cannot be read ({e.strerror}); {fix}") from None
+    except ValueError as e:
+        msg = getattr(e, "msg", str(e))
+        raise error(f"{key}={path}: {f.name} is not valid JSON ({msg}); {fix}") from None
+    if not isinstance(cfg, dict):
+        raise error(
+            f"{key}={path}: {f.name} must be a JSON object (got a {type(cfg).__name__}); {fix}"
+        )
+    return cfg
+
+
 def check_config_json(ref: str, key: str) -> dict:
     """A local model directory's `config.json` as a dict (ConfigError naming `key` when it is
     missing, not JSON or not an object); {} for a hub id (checked when it loads)."""
-    import json
-
     p = Path(ref).expanduser()
     if not p.is_dir():
         return {}
-    f = p / "config.json"
-    try:
-        cfg = json.loads(f.read_text())
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{key}={ref} has no config.json; point it at a model directory"
-        ) from None
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{key}={ref}: config.json is not valid JSON ({e})") from None
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"{key}={ref}: config.json is not a JSON object")
-    return cfg
+    if not (p / "config.json").is_file():
+        raise ConfigError(f"{key}={ref} has no config.json; point it at a model directory")
+    return read_config_json(p, key)

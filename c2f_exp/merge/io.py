@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from c2f_exp.core.errors import C2FError, ConfigError
+from c2f_exp.core.hub import read_config_json
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ class ModelDir:
             raise MergeError(
                 f"{key}={path} has no config.json; point it at a Hugging Face model directory"
             )
-        self.config = read_config(self.path, key)
+        self.config = read_config_json(self.path, key, MergeError)
         self.files = self._weight_files()
         self.tensors: dict[str, TensorInfo] = {}
         self.headers: dict[str, bytes] = {}
@@ -159,22 +160,6 @@ class ModelDir:
                 fh.seek(max(0, size - 65536))
                 h.update(fh.read(65536))
         return h.hexdigest()
-
-
-def read_config(path: Path, key: str) -> dict[str, Any]:
-    """`<path>/config.json` as a dict, else MergeError naming the file and the fix."""
-    f = path / "config.json"
-    fix = "re-save the model with save_pretrained, or restore config.json from its source"
-    try:
-        cfg = json.loads(f.read_text())
-    except ValueError as e:
-        msg = getattr(e, "msg", str(e))
-        raise MergeError(f"{key}={path}: {f.name} is not valid JSON ({msg}); {fix}") from None
-    if not isinstance(cfg, dict):
-        raise MergeError(
-            f"{key}={path}: {f.name} must be a JSON object (got a {type(cfg).__name__}); {fix}"
-        )
-    return cfg
 
 
 def local_model_dir(ref: str, key: str) -> str:
