@@ -373,3 +373,28 @@ def test_sigterm_to_the_self_launching_parent_stops_every_rank(tmp_path):
             break
         time.sleep(0.1)
     assert json.loads(manifest.read_text())["status"] == "failed"
+
+
+def test_a_malformed_rm_judge_calibration_file_is_named_at_preflight(compose, real, tmp_path):
+    """Before: a calibration file without the expected fields failed after every answer was
+    generated."""
+    from c2f_exp.core.errors import ConfigError
+    from c2f_exp.evaluation import judges
+
+    bad = tmp_path / "cal.jsonl"
+    bad.write_text(json.dumps({"chosen": "\n\nHuman: q\n\nAssistant: a"}) + "\n")
+    cfg = compose(
+        [
+            *user_paths(real),
+            "eval.mt_bench.judge.type=reward_model",
+            "eval.mt_bench.judge.model=null",
+            "eval.mt_bench.judge.base_url=null",
+            f"eval.mt_bench.judge.calibration_file={bad}",
+        ]
+    )
+    with pytest.raises(ConfigError, match=r"calibration_file=.*line 1 lacks or mistypes rejected"):
+        judges.preflight(cfg.eval.mt_bench.judge, list(cfg.stages))
+    good = tmp_path / "hh.jsonl"
+    good.write_text((Path(real["hh"]) / "test.jsonl").read_text())
+    cfg.eval.mt_bench.judge.calibration_file = str(good)
+    judges.preflight(cfg.eval.mt_bench.judge, list(cfg.stages))  # HH rows, no prompt: fine
