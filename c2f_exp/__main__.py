@@ -45,9 +45,11 @@ def _app(cfg: DictConfig) -> float | None:
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     try:
         if cfg.plan:  # what the run would cost, before any GPU hour: nothing is trained
+            from c2f_exp.config import validate
+            from c2f_exp.pipeline import registry
             from c2f_exp.plan import print_plan
 
-            print_plan(cfg)
+            print_plan(validate(cfg, tuple(registry())))  # the typed config, every rule checked
             return None
         n_ranks = launch.ranks_to_start(cfg)  # distributed without a launcher: start ranks
         if n_ranks:

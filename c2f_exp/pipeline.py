@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from c2f_exp import sweeping
 from c2f_exp.analysis import summary
-from c2f_exp.config import validate
+from c2f_exp.config import C2FConfig, validate
 from c2f_exp.core import artifacts, cache, layout, tracking
 from c2f_exp.core.secrets import redact_text
 from c2f_exp.core.tracking import RunIdentity, Tracker
@@ -80,9 +80,9 @@ def _run_stages(
     cfg: DictConfig, run_dir: Path, ident: RunIdentity, manifest: dict[str, Any]
 ) -> None:
     stages = registry()
-    validate(cfg, tuple(stages))
-    for name in cfg.stages:  # all cheap checks first: fail before any expensive work
-        stages[name].preflight(cfg)
+    conf = validate(cfg, tuple(stages))  # the typed config every stage gets
+    for name in conf.stages:  # all cheap checks first: fail before any expensive work
+        stages[name].preflight(conf)
     if _rank() == 0:  # an unreachable tracking server: one line, before any stage runs
         tracking.preflight(cfg.tracker, str(cfg.paths.root_dir))
     cache_dir = artifacts.check_writable(Path(cfg.paths.cache_dir), "paths.cache_dir")
@@ -91,13 +91,15 @@ def _run_stages(
     exit_code = 1
     try:
         upstream: dict[str, dict[str, Any]] = {}
-        for name in cfg.stages:
+        for name in conf.stages:
             stage = stages[name]
             inputs = {k: v["config_hash"] for k, v in upstream.items()}
             key = artifacts.config_hash(
-                {"stage": name, "config": stage.config_subtree(cfg), "inputs": inputs}
+                {"stage": name, "config": stage.config_subtree(conf), "inputs": inputs}
             )
-            entry = _run_stage(stage, cfg, run_dir, cache_dir / name / key, key, tracker, upstream)
+            entry = _run_stage(
+                stage, conf, run_dir, cache_dir / name / key, key, tracker, upstream
+            )
             upstream[name] = entry
             manifest["stages"].append(entry)
             _write_manifest(run_dir, manifest)
@@ -109,7 +111,7 @@ def _run_stages(
 
 def _run_stage(
     stage: Any,
-    cfg: DictConfig,
+    cfg: C2FConfig,
     run_dir: Path,
     art: Path,
     key: str,
@@ -217,7 +219,7 @@ def _rank() -> int:
 
 def _run_follower(
     stage: Any,
-    cfg: DictConfig,
+    cfg: C2FConfig,
     run_dir: Path,
     art: Path,
     key: str,

@@ -15,10 +15,11 @@ preference pairs). `eval.mt_bench.source` names the same split with `fastchat` f
 A source is stateless, so one instance per choice serves every key.
 
 Callers ask a source for data (`ppo_prompts`, `preference_pairs`, `model_refs`), run its checks
-(`check_models`, `check_data`, `check_reward_data` at preflight; `validate_model`,
-`validate_reward` before any stage) or read what it can do (`builds_models`, `reads_prepare`,
-`has_gold_scorer`); they never compare its name (tests/test_sources.py checks every stage
-package and config.py).
+of the outside world at preflight (`check_models`, `check_data`, `check_reward_data`,
+`check_prompts`) or read what it can do (`builds_models`, `reads_prepare`, `has_gold_scorer`);
+they never compare its name (tests/test_sources.py checks every stage package and config.py).
+A source holds no config rules: what a choice of source requires of other keys (hub models need
+paths, tiny models need the tiny world's data) is config.py's, phrased in these capabilities.
 Layer 2 (beside the stage packages' parts): it reads `reward.preferences` for hub pairs, so any
 stage part other than that one, config.py and the stage modules may import it
 (tests/test_layers.py).
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from c2f_exp.core import layout
-from c2f_exp.core.errors import ConfigError, bad_value, check_positive, check_save_steps
+from c2f_exp.core.errors import ConfigError, bad_value
 
 ROLES = ("base", "instruct")  # the models a run starts from
 HH_ROLES = {"user": "Human", "assistant": "Assistant"}  # HH-RLHF's transcript speakers
@@ -87,12 +88,6 @@ class DataSource:
         """(train, test) preference pairs {"prompt", "chosen", "rejected", ...} of `reward` r."""
         raise NotImplementedError
 
-    def validate_model(self, cfg: Any) -> None:
-        """Cross-field rules of `model.source` (no I/O; config.validate)."""
-
-    def validate_reward(self, cfg: Any) -> None:
-        """Cross-field rules of `reward.source` (no I/O; validate_reward)."""
-
 
 class TinyWorldSource(DataSource):
     """The embedded tiny world: prepare builds data, tokenizer and models (README)."""
@@ -140,71 +135,6 @@ class TinyWorldSource(DataSource):
             out.append(require_pairs(rows, str(path)) if split == "test" or not r.path else rows)
         return out[0], out[1]
 
-    def validate_model(self, cfg: Any) -> None:
-        if not source_for(cfg).reads_prepare:  # the data must be the tiny world's own
-            raise bad_value(
-                "data.source",
-                cfg.data.source,
-                "tinyworld when model=tiny",
-                "the tiny models only know the tiny world: use data=tinyworld",
-            )
-        a = cfg.model.arch
-        for k in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads"):
-            check_positive(f"model.arch.{k}", a[k])
-        if a.hidden_size % a.num_heads or a.num_heads % a.num_kv_heads:
-            raise bad_value(
-                "model.arch.num_heads",
-                a.num_heads,
-                "a divisor of hidden_size and a multiple of num_kv_heads",
-            )
-        for phase in ("pretrain", "sft"):
-            t = cfg.model[phase]
-            for k in ("steps", "lr", "batch_size", "block_size"):
-                check_positive(f"model.{phase}.{k}", t[k])
-            check_save_steps(f"model.{phase}.save_steps", t.save_steps)
-            if t.warmup_steps < 0:
-                raise bad_value(f"model.{phase}.warmup_steps", t.warmup_steps, ">= 0")
-            if not 0 <= t.adam_beta2 < 1:
-                raise bad_value(f"model.{phase}.adam_beta2", t.adam_beta2, "in [0, 1)")
-        w = cfg.data.world
-        if w.n_entities < 4:
-            raise bad_value("data.world.n_entities", w.n_entities, ">= 4")
-        if not 0 < w.heldout_fraction < 1:
-            raise bad_value(
-                "data.world.heldout_fraction", w.heldout_fraction, "strictly between 0 and 1"
-            )
-        held = max(1, round(w.heldout_fraction * w.n_entities))  # tinyworld.world.generate_world
-        if held >= w.n_entities:
-            raise bad_value(
-                "data.world.heldout_fraction",
-                w.heldout_fraction,
-                f"small enough to leave a training entity of data.world.n_entities="
-                f"{w.n_entities} ({held} held out)",
-                "lower it or raise data.world.n_entities",
-            )
-        if w.pref_per_entity < 1:
-            raise bad_value(
-                "data.world.pref_per_entity",
-                w.pref_per_entity,
-                ">= 1",
-                "the reward model trains on these preference pairs",
-            )
-        check_positive("data.world.n_docs", w.n_docs)
-        if w.sft_dialogues_per_entity < 0:
-            raise bad_value(
-                "data.world.sft_dialogues_per_entity", w.sft_dialogues_per_entity, "a number >= 0"
-            )
-
-    def validate_reward(self, cfg: Any) -> None:
-        r = cfg.reward
-        if not source_for(cfg, "model.source").builds_models and not r.path:
-            raise bad_value(
-                "reward.source",
-                r.source,
-                "hub when model.source=hub",
-                "the tiny world's preferences only fit the tiny models: use reward=hh_rlhf",
-            )
-
 
 class HubSource(DataSource):
     """Models by path or hub id, HH-RLHF-style preference data, FastChat's MT-Bench files."""
@@ -220,7 +150,7 @@ class HubSource(DataSource):
 
         refs = {}
         for role in ROLES:
-            spec, key = cfg.model[role], f"model.{role}.path"
+            spec, key = getattr(cfg.model, role), f"model.{role}.path"
             refs[role] = ref = hub.resolve_model(spec.path, key, spec.revision)
             if layout.rehearsing(cfg):  # tiny-width copies: config.json and tokenizer only
                 hub.check_config_json(ref, key)
@@ -239,8 +169,8 @@ class HubSource(DataSource):
         if not ("reward" in cfg.stages and not r.path and r.dataset and r.dataset != pref):
             keys.append("preference_dataset")  # unless reward.dataset replaces it (checked there)
         for key in keys:
-            if cfg.data.hub[key]:
-                ref = hub.resolve_dataset(cfg.data.hub[key], f"data.hub.{key}")
+            if getattr(cfg.data.hub, key):
+                ref = hub.resolve_dataset(getattr(cfg.data.hub, key), f"data.hub.{key}")
                 check_hh_file(ref, f"data.hub.{key}")
 
     def check_reward_data(self, r: Any) -> None:
@@ -258,7 +188,7 @@ class HubSource(DataSource):
         from c2f_exp.core.errors import ConfigError
 
         if not cfg.model.base.path or not cfg.data.hub.prompt_dataset:
-            return  # validate_model / check_data name what is missing
+            return  # config.validate / check_data name what is missing
         ref = hub.resolve_model(cfg.model.base.path, "model.base.path", cfg.model.base.revision)
         context = hub.check_config_json(ref, "model.base.path").get("max_position_embeddings")
         top = max_limit(cfg.length_schedule)
@@ -287,7 +217,10 @@ class HubSource(DataSource):
         from c2f_exp.core import hub
 
         m = cfg.model
-        return {r: hub.resolve_model(m[r].path, f"model.{r}.path", m[r].revision) for r in ROLES}
+        return {
+            r: hub.resolve_model(getattr(m, r).path, f"model.{r}.path", getattr(m, r).revision)
+            for r in ROLES
+        }
 
     def ppo_prompts(self, cfg: Any, prepared: Path | None) -> Prompts:
         """HH-RLHF transcripts (`data.hub.prompt_dataset`): the base model continues them."""
@@ -304,25 +237,6 @@ class HubSource(DataSource):
         from c2f_exp.reward.preferences import hub_pairs
 
         return hub_pairs(r)
-
-    def validate_model(self, cfg: Any) -> None:
-        for role in ROLES:
-            if not cfg.model[role].path:
-                raise bad_value(
-                    f"model.{role}.path",
-                    cfg.model[role].path,
-                    "a hub id or a local model directory for model.source=hub",
-                )
-
-    def validate_reward(self, cfg: Any) -> None:
-        r = cfg.reward
-        if not r.path and not r.dataset:
-            raise bad_value(
-                "reward.dataset",
-                r.dataset,
-                "a hub preference data set id or local path for reward.source=hub",
-                "e.g. reward.dataset=Anthropic/hh-rlhf",
-            )
 
 
 # choice -> source, per config key; `data.source`, `model.source` and `reward.source` share one.

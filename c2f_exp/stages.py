@@ -6,20 +6,24 @@ registry of them is `pipeline.registry()`, which owns the stage order.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from c2f_exp.core.tracking import Tracker
 
+if TYPE_CHECKING:
+    from c2f_exp.config import C2FConfig
+
 
 @dataclass
 class StageContext:
-    """What a stage gets: the config, where to write, the tracker, upstream artifacts."""
+    """What a stage gets: the typed config, where to write, the tracker, upstream artifacts."""
 
-    cfg: DictConfig
+    cfg: C2FConfig  # config.typed: the schema's dataclasses, every rule already checked
     run_dir: Path
     stage_dir: Path  # <run_dir>/<stage>/: logs, metrics.jsonl
     work_dir: Path  # survives crashes (checkpoints for resume); removed when the stage is done
@@ -38,10 +42,10 @@ def final_dir(ctx: StageContext, out: Path) -> Path:
 class Stage(Protocol):
     name: str
 
-    def config_subtree(self, cfg: DictConfig) -> dict[str, Any]:
+    def config_subtree(self, cfg: C2FConfig) -> dict[str, Any]:
         """The part of the config the stage's output depends on (hashed for reuse)."""
 
-    def preflight(self, cfg: DictConfig) -> None:
+    def preflight(self, cfg: C2FConfig) -> None:
         """Cheap checks (paths, hub reachability) run for all stages before any stage runs."""
 
     def run(self, ctx: StageContext, out: Path) -> dict[str, Any]:
@@ -57,24 +61,26 @@ def model_dir(ctx: StageContext, role: str) -> str:
 
 
 def subtree(nodes: dict[str, Any]) -> dict[str, Any]:
-    """A stage's config subtree as plain containers, each node resolved where it sits.
-
-    A node copied into a new root loses its interpolations' targets (`reward.dataset:
-    ${data.hub.preference_dataset}` cannot resolve there), so every config node is resolved
-    against the run's root config first."""
-    nodes_ = (DictConfig, ListConfig)
-    plain = {
-        k: OmegaConf.to_container(v, resolve=True) if isinstance(v, nodes_) else v
-        for k, v in nodes.items()
-    }
+    """A stage's config subtree as plain containers (choices stay enums, which hash as their
+    values): typed nodes as they are, OmegaConf nodes resolved where they sit (a node copied
+    into a new root loses its interpolations' targets)."""
+    plain = {k: _plain(v) for k, v in nodes.items()}
     return OmegaConf.to_container(OmegaConf.create(plain), resolve=True)
 
 
-def distributed_key(cfg: DictConfig) -> dict[str, Any]:
+def _plain(v: Any) -> Any:
+    if isinstance(v, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(v, resolve=True)
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return dataclasses.asdict(v)
+    return v
+
+
+def distributed_key(cfg: C2FConfig) -> dict[str, Any]:
     """What of `distributed` a trained artifact depends on, for its config subtree: nothing in
     one process (so single-process cache keys stay as they were), else the backend, ZeRO stage
     and number of ranks (they change batch sharding, reduction order and precision)."""
-    d = cfg.get("distributed")
-    if d is None or str(d.backend) == "none":
+    d = cfg.distributed
+    if str(d.backend) == "none":
         return {}
-    return {"distributed": {k: d.get(k) for k in ("backend", "zero_stage", "num_processes")}}
+    return {"distributed": {k: getattr(d, k) for k in ("backend", "zero_stage", "num_processes")}}

@@ -153,22 +153,33 @@ def grid_jobs(config: DictConfig) -> list[list[str]] | None:
 def validate_jobs(config: DictConfig) -> int:
     """Compose and validate every job of a grid sweep; raise SweepError on the first bad one."""
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import read_write
 
     from c2f_exp.config import STAGE_ORDER, validate
 
     jobs = grid_jobs(config)
     if jobs is None:
         return 0
-    loader = GlobalHydra.instance().config_loader()
-    for i, overrides in enumerate(jobs):
-        try:
-            validate(loader.load_sweep_config(config, list(overrides)), STAGE_ORDER)
-        except Exception as e:  # composition errors (typos) and our named value errors
-            from c2f_exp.cli_errors import one_line
+    loader, hydra_cfg = GlobalHydra.instance().config_loader(), HydraConfig.instance()
+    saved = hydra_cfg.cfg
+    try:
+        for i, overrides in enumerate(jobs):
+            try:
+                job = loader.load_sweep_config(config, list(overrides))
+                # `${hydra:runtime.*}` (conf/paths) resolves as in the job Hydra will start
+                with read_write(job.hydra.runtime):
+                    job.hydra.runtime.output_dir = f"{job.hydra.sweep.dir}/{i}"
+                hydra_cfg.set_config(job)
+                validate(job, STAGE_ORDER)
+            except Exception as e:  # composition errors (typos) and our named value errors
+                from c2f_exp.cli_errors import one_line
 
-            msg = one_line(e) or (str(e).strip() or type(e).__name__).splitlines()[0]
-            job = redact_text(" ".join(overrides))
-            raise SweepError(f"sweep job {i} ({job}): {msg}") from e
+                msg = one_line(e) or (str(e).strip() or type(e).__name__).splitlines()[0]
+                job_text = redact_text(" ".join(overrides))
+                raise SweepError(f"sweep job {i} ({job_text}): {msg}") from e
+    finally:
+        hydra_cfg.cfg = saved
     return len(jobs)
 
 

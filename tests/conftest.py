@@ -18,8 +18,11 @@ CONF = ROOT / "conf"
 
 
 @pytest.fixture
-def compose():
-    """compose(overrides) -> DictConfig, with the project's schema registered."""
+def compose(tmp_path):
+    """compose(overrides) -> DictConfig, with the project's schema registered.
+
+    Outside `hydra.main` no job runs, so `${hydra:runtime.*}` in conf/paths cannot resolve:
+    the paths a job would get are set (root: the checkout; the run dir: under tmp_path)."""
     from hydra import compose as _compose
     from hydra import initialize_config_dir
 
@@ -28,10 +31,23 @@ def compose():
     register()
 
     def _run(overrides: list[str] | None = None):
+        overrides = list(overrides or [])
+        for key, value in (("root_dir", ROOT), ("output_dir", tmp_path / "run")):
+            if not any(o.lstrip("+~").startswith(f"paths.{key}=") for o in overrides):
+                overrides.append(f"paths.{key}={value}")
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return _compose(config_name="config", overrides=overrides or [])
+            return _compose(config_name="config", overrides=overrides)
 
     return _run
+
+
+@pytest.fixture
+def conf(compose):
+    """conf(overrides) -> the typed config the stages get (`config.typed`: every schema
+    class's rules checked), as `compose` would build it."""
+    from c2f_exp.config import typed
+
+    return lambda overrides=None: typed(compose(overrides))
 
 
 def run_cli(args: list[str], tmp: Path, env: dict | None = None, timeout: int = 600):

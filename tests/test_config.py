@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from c2f_exp.config import validate
+from c2f_exp.config import STAGE_ORDER, validate
 from c2f_exp.core.errors import ConfigError
 from c2f_exp.pipeline import registry
 from tests.conftest import CONF
@@ -76,7 +76,7 @@ def test_wrong_type_fails_at_composition_naming_key(compose):
         compose(["model.pretrain.steps=many"])
 
 
-ENUM_FIELDS = ("tracker.mode", "merger.filter", "model.base.dtype")
+ENUM_FIELDS = ("tracker.mode", "merger.filter", "model.base.dtype", "stages[1]")
 
 
 @pytest.mark.parametrize(
@@ -157,3 +157,47 @@ def test_sweep_objective_must_name_a_stage_of_the_run(compose, objective):
     with pytest.raises(ConfigError, match=r"^sweep.objective must be '<stage>/.*; e\.g\. sweep"):
         validate(cfg, STAGE_ORDER)
     validate(compose(["sweep.objective=coarse/final_reward"]), STAGE_ORDER)  # a good one
+
+
+def test_stages_get_a_typed_config_with_enums(compose):
+    """validate() returns the schema's dataclasses, every interpolation resolved and every
+    choice an enum, which is what the pipeline hands to each stage."""
+    from c2f_exp.coarse.config import CoarseConf, KLController
+    from c2f_exp.config import C2FConfig, StageName
+    from c2f_exp.core.choices import DType
+
+    conf = validate(compose(["coarse.kl_controller=adaptive", "coarse.kl_target=6"]), STAGE_ORDER)
+    assert isinstance(conf, C2FConfig) and isinstance(conf.coarse, CoarseConf)
+    assert conf.coarse.kl_controller is KLController.adaptive
+    assert conf.model.base.dtype is DType.float32
+    assert all(isinstance(s, StageName) for s in conf.stages)
+    assert conf.paths.cache_dir == f"{conf.paths.root_dir}/outputs/cache"  # resolved
+
+
+def test_a_rule_names_the_node_it_failed_on(compose):
+    """One class at two places (TrainConf: model.pretrain and model.sft) and a nested class
+    (RolloutConf at coarse.rollout): the error names the full key of the node that failed."""
+    for key in ("model.sft.lr", "model.pretrain.lr"):
+        with pytest.raises(ConfigError) as e:
+            validate(compose([f"{key}=-1"]), STAGE_ORDER)
+        assert str(e.value) == f"{key} must be > 0 (got -1.0)"
+    with pytest.raises(ConfigError, match=r"^coarse\.rollout\.gpu_memory_utilization must be"):
+        validate(compose(["coarse.rollout.gpu_memory_utilization=2"]), STAGE_ORDER)
+
+
+def test_schema_classes_check_their_values_when_built():
+    """A Python user building a config gets the same rules, keyed relative to the class."""
+    from c2f_exp.coarse.config import CoarseConf
+    from c2f_exp.merge.config import MergerConf
+
+    with pytest.raises(ConfigError, match=r"^minibatch_size must be a divisor of batch_size"):
+        CoarseConf(name="mine", minibatch_size=5)
+    with pytest.raises(ConfigError, match=r"^filter must be none for merger\.method=ties"):
+        MergerConf(method="ties", filter="dare")
+    assert CoarseConf(name="mine").lr == 2.0e-4  # the default, written once (in the schema)
+
+
+def test_a_rule_in_an_unlisted_stage_group_still_counts(compose):
+    """Every group's own rules run, whatever `stages` lists: a bad value is bad everywhere."""
+    with pytest.raises(ConfigError, match=r"^merger\.density must be in \(0, 1\]"):
+        validate(compose(["stages=[prepare]", "merger.density=2"]), STAGE_ORDER)

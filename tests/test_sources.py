@@ -271,28 +271,28 @@ def test_hub_prompts_and_pairs_from_an_hh_file(tmp_path):
     assert [p["chosen"] for p in test] == ["why not", "good"] and len(train) == 2
 
 
-# ---- the source-specific rules --------------------------------------------------------------
+# ---- what a source choice requires of other keys (config.py, before any stage) ---------------
 def test_model_rules(compose):
-    tiny = compose()
-    TinyWorldSource().validate_model(tiny)
-    OmegaConf.update(tiny, "data.source", "hub")
+    from tests.helpers import check
+
+    check(compose())
     with pytest.raises(ConfigError, match=r"data\.source must be tinyworld when model=tiny"):
-        TinyWorldSource().validate_model(tiny)
-    hub = compose(["+experiment=mistral_c2f"])
-    HubSource().validate_model(hub)
-    OmegaConf.update(hub, "model.instruct.path", None)
+        check(compose(["data=hub"]))
+    check(compose(["+experiment=mistral_c2f"]))
     with pytest.raises(ConfigError, match=r"model\.instruct\.path must be a hub id"):
-        HubSource().validate_model(hub)
+        check(compose(["+experiment=mistral_c2f", "model.instruct.path=null"]))
 
 
 def test_reward_rules(compose):
-    hub = compose(["+experiment=mistral_c2f"])
-    HubSource().validate_reward(hub)
-    OmegaConf.update(hub, "reward.dataset", None)
+    from tests.helpers import check
+
+    hub = ["+experiment=mistral_c2f"]
+    check(compose(hub))
     with pytest.raises(ConfigError, match=r"reward\.dataset must be a hub preference data set"):
-        HubSource().validate_reward(hub)
-    OmegaConf.update(hub, "reward.path", "/some/rm")
-    HubSource().validate_reward(hub)  # a ready reward model needs no data set to train on
+        check(compose([*hub, "reward.dataset=null"]))
+    check(compose([*hub, "reward.dataset=null", "reward.path=/some/rm"]))  # a ready RM: no data
     with pytest.raises(ConfigError, match=r"reward\.source must be hub when model\.source=hub"):
-        TinyWorldSource().validate_reward(compose(["+experiment=mistral_c2f", "reward=tinyworld"]))
-    TinyWorldSource().validate_reward(compose())
+        check(compose([*hub, "reward=tinyworld"]))
+    # only runs that train a reward model are held to it
+    no_reward = ["stages=[prepare,coarse]", "coarse.reward_model=/rm"]
+    check(compose([*hub, "reward=tinyworld", *no_reward]))

@@ -17,11 +17,12 @@ from typing import Any
 
 import torch
 
+from c2f_exp.coarse.config import RolloutEngine
 from c2f_exp.coarse.rollout import Rollout, generate
 from c2f_exp.core.errors import C2FError
 
 log = logging.getLogger(__name__)
-ENGINES = ("hf", "vllm")
+ENGINES = RolloutEngine.values()  # ("hf", "vllm")
 
 
 class RolloutEngineUnavailableError(C2FError):
@@ -161,7 +162,7 @@ def build_engine(c: Any, policy_dir: str, seed: int) -> HFEngine | VLLMEngine:
     r = c.rollout
     llm = vllm.LLM(
         model=policy_dir,
-        dtype=c.dtype,
+        dtype=str(c.dtype),  # vLLM's own dtype names (the choice enum's value)
         gpu_memory_utilization=r.gpu_memory_utilization,
         max_model_len=r.max_model_len,
         enforce_eager=r.enforce_eager,

@@ -29,7 +29,6 @@ from typing import Any
 
 from c2f_exp.core.errors import bad_value
 
-KEY = "length_schedule"
 NAN = float("nan")
 
 
@@ -61,14 +60,14 @@ def round_to(x: float, multiple: int) -> int:
 
 def _int_ge1(key: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise bad_value(f"{KEY}.{key}", value, "an integer >= 1")
+        raise bad_value(key, value, "an integer >= 1")
     return value
 
 
 def _bounds(l_min: Any, l_max: Any) -> tuple[int, int]:
     lo, hi = _int_ge1("l_min", l_min), _int_ge1("l_max", l_max)
     if lo > hi:
-        raise bad_value(f"{KEY}.l_min", lo, f"<= {KEY}.l_max ({hi})", "lower l_min or raise l_max")
+        raise bad_value("l_min", lo, f"<= l_max ({hi})", "lower l_min or raise l_max")
     return lo, hi
 
 
@@ -138,16 +137,16 @@ class StepSchedule(LengthSchedule):
     def __init__(self, boundaries: list[int], limits: list[int]):
         if not limits or len(limits) != len(boundaries or []) + 1:
             raise bad_value(
-                f"{KEY}.limits",
+                "limits",
                 limits,
                 f"a list one longer than boundaries ({len(boundaries or [])} boundaries)",
             )
         self.limits = [_int_ge1("limits", x) for x in limits]
         self.boundaries = [_int_ge1("boundaries", b) for b in boundaries or []]
         if any(b >= c for b, c in itertools.pairwise(self.boundaries)):
-            raise bad_value(f"{KEY}.boundaries", boundaries, "strictly increasing steps")
+            raise bad_value("boundaries", boundaries, "strictly increasing steps")
         if any(a > b for a, b in itertools.pairwise(self.limits)):
-            raise bad_value(f"{KEY}.limits", limits, "non-decreasing limits")
+            raise bad_value("limits", limits, "non-decreasing limits")
         super().__init__(self.limits[0])
 
     def _next(self, stats: LengthStats) -> int:
@@ -182,11 +181,11 @@ class ContinuousMaxSchedule(LengthSchedule):
         self.multiple = _int_ge1("multiple", multiple)
         for key, v in (("rate", rate), ("kappa", kappa), ("eps", eps)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
-                raise bad_value(f"{KEY}.{key}", v, "a finite number > 0")
+                raise bad_value(key, v, "a finite number > 0")
         if trunc_min is not None and not 0 <= trunc_min <= 1:
-            raise bad_value(f"{KEY}.trunc_min", trunc_min, "null or within [0, 1]")
+            raise bad_value("trunc_min", trunc_min, "null or within [0, 1]")
         if gate_on not in GATE_SIGNALS:
-            raise bad_value(f"{KEY}.gate_on", gate_on, "one of " + ", ".join(GATE_SIGNALS))
+            raise bad_value("gate_on", gate_on, "one of " + ", ".join(GATE_SIGNALS))
         self.rate, self.kappa, self.eps, self.trunc_min = rate, kappa, eps, trunc_min
         self.gate_on = gate_on
         self.length = float(self.l_min)  # unrounded l(t)
@@ -273,7 +272,7 @@ def build_schedule(cfg: Any) -> LengthSchedule:
     items = dict(cfg.items()) if hasattr(cfg, "items") else dict(vars(cfg))
     name = items.pop("name", None)
     if name not in SCHEDULES:
-        raise bad_value(f"{KEY}.name", name, "one of " + ", ".join(SCHEDULES))
+        raise bad_value("name", name, "one of " + ", ".join(SCHEDULES))
     cls = SCHEDULES[name]
     params = inspect.signature(cls.__init__).parameters
     kwargs = {k: _plain(v) for k, v in items.items() if k in params and v is not None}
@@ -283,7 +282,7 @@ def build_schedule(cfg: Any) -> LengthSchedule:
         if p.default is inspect.Parameter.empty and p.name != "self" and p.name not in kwargs
     ]
     if missing:
-        raise bad_value(f"{KEY}.{missing[0]}", None, f"set for length_schedule={name}")
+        raise bad_value(missing[0], None, f"set for length_schedule={name}")
     return cls(**kwargs)
 
 

@@ -10,11 +10,10 @@ Math: c2f_exp/coarse/ppo.py; loop: c2f_exp/coarse/trainer.py.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
-
-from omegaconf import DictConfig, OmegaConf
+from typing import TYPE_CHECKING, Any
 
 from c2f_exp.core import hub, layout
 from c2f_exp.core.errors import ConfigError
@@ -22,11 +21,14 @@ from c2f_exp.core.tokenizers import load_tokenizer
 from c2f_exp.sources import source_for
 from c2f_exp.stages import StageContext, distributed_key, model_dir, subtree
 
+if TYPE_CHECKING:
+    from c2f_exp.config import C2FConfig
+
 log = logging.getLogger(__name__)
 FINAL = ("limit", "reward", "value", "truncation_rate", "mean_response_length", "kl")
 
 
-def rl_seed(cfg: DictConfig) -> int:
+def rl_seed(cfg: C2FConfig) -> int:
     """The PPO run's seed: `coarse.seed`, or the run's `seed` when that is null."""
     return cfg.seed if cfg.coarse.seed is None else cfg.coarse.seed
 
@@ -34,7 +36,7 @@ def rl_seed(cfg: DictConfig) -> int:
 class CoarseStage:
     name = "coarse"
 
-    def config_subtree(self, cfg: DictConfig) -> dict[str, Any]:
+    def config_subtree(self, cfg: C2FConfig) -> dict[str, Any]:
         sub = {"coarse": cfg.coarse, "length_schedule": cfg.length_schedule}
         sub["policy"] = cfg.model.base
         out = subtree({**sub, **distributed_key(cfg)})  # ranks and ZeRO change the weights
@@ -45,12 +47,11 @@ class CoarseStage:
             out["coarse"].pop("rollout", None)  # results equal to float tolerance, cache kept
         return {**out, "seed": rl_seed(cfg)}
 
-    def preflight(self, cfg: DictConfig) -> None:
-        from c2f_exp.coarse.config import validate_coarse
-
-        validate_coarse(cfg)
+    def preflight(self, cfg: C2FConfig) -> None:
         from c2f_exp.coarse.engines import check_engine
+        from c2f_exp.coarse.gold_rewards import check_gold_source
 
+        check_gold_source(cfg)  # the monitor's gold reward model can be found
         check_engine(cfg.coarse.rollout.engine)  # vllm: installed, and a CUDA GPU visible
         source_for(cfg).check_prompts(cfg)  # hub: every prompt fits the policy's context
         if cfg.coarse.reward_model:
@@ -69,7 +70,7 @@ class CoarseStage:
         from c2f_exp.coarse.length_schedules import build_schedule
         from c2f_exp.coarse.rollout import stop_sequences
         from c2f_exp.coarse.traces import write_traces
-        from c2f_exp.coarse.trainer import CoarseTrainer
+        from c2f_exp.coarse.trainer import CoarseTrainer, TrainerParts
         from c2f_exp.core.model_card import write_model_card
         from c2f_exp.core.tokenizers import save_tokenizer
 
@@ -77,7 +78,7 @@ class CoarseStage:
         base, rm_ref = model_dir(ctx, "base"), reward_model(ctx)
         prep = _prepared(ctx) if source_for(cfg).reads_prepare else None
         texts, reward_prompts, eval_rows = load_prompts(cfg, prep)
-        acc = critic.build_accelerator(cfg.get("distributed"), c)
+        acc = critic.build_accelerator(cfg.distributed, c)
         torch.manual_seed(rl_seed(cfg) + acc.process_index)  # each process: its own rollouts
         tok = load_tokenizer(base, "left")  # Mistral's has no pad token: <unk> pads
         model, ref, rm, rm_tok = critic.build_models(acc, base, rm_ref, c)
@@ -86,13 +87,27 @@ class CoarseStage:
         schedule, prefix = build_schedule(cfg.length_schedule), c.prompt_prefix
         prefix = prefix.format(bos=tok.bos_token or "")
         monitor = build_monitor(cfg, tok, acc, prep)  # None unless coarse.gold_every > 0
-        parts = (c, acc, model, ref, reward_fn, schedule, kl_ctl, tok, texts, prefix)
         engine = build_engine(c, base, rl_seed(cfg))  # hf | vllm (coarse.rollout.engine)
         if hasattr(engine, "stop"):  # rollouts end at EOS and at the source's turn marker
             engine.stop = stop_sequences(tok, source_for(cfg).turn_marker)
-        trainer = CoarseTrainer(
-            *parts, ctx.work_dir, ctx.tracker.log, rl_seed(cfg), reward_prompts, monitor, engine
+        parts = TrainerParts(
+            accelerator=acc,
+            model=model,
+            ref_model=ref,
+            reward_fn=reward_fn,
+            schedule=schedule,
+            kl_ctl=kl_ctl,
+            tok=tok,
+            prompts=texts,
+            prefix=prefix,
+            work_dir=ctx.work_dir,
+            log_fn=ctx.tracker.log,
+            seed=rl_seed(cfg),
+            reward_prompts=reward_prompts,
+            monitor=monitor,
+            engine=engine,
         )
+        trainer = CoarseTrainer(c, parts)
         trainer.logged_steps = logged_steps(ctx.stage_dir / "metrics.jsonl")
         state = trainer.train()
         full = acc.get_state_dict(trainer.model)  # gathers ZeRO-3 shards: every rank calls it
@@ -117,7 +132,7 @@ class CoarseStage:
                 description="PPO with Continuous Maximization from `policy`, scored by `reward`.",
                 parents={"policy": base, "reward": rm_ref},
                 tags=["ppo", "rlhf"],
-                recipe={"length_schedule": OmegaConf.to_container(cfg.length_schedule)},
+                recipe={"length_schedule": dataclasses.asdict(cfg.length_schedule)},
                 metrics=metrics,
             )
             ctx.tracker.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))})

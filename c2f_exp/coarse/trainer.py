@@ -62,40 +62,45 @@ def latest_checkpoint(work_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
-class CoarseTrainer:
-    """PPO with a length schedule over `prompts` (plain text; `reward_prompts`: what the reward
-    model reads, default the same). `log_fn(metrics, step)` runs on the main process only."""
+@dataclass
+class TrainerParts:
+    """What the coarse stage builds for `CoarseTrainer` besides the `coarse` config."""
 
-    def __init__(
-        self,
-        c: Any,
-        accelerator: Any,
-        model: torch.nn.Module,
-        ref_model: Any,
-        reward_fn: Callable,
-        schedule: Any,
-        kl_ctl: Any,
-        tok: Any,
-        prompts: list[str],
-        prefix: str,
-        work_dir: Path,
-        log_fn: Callable[[dict, int], None],
-        seed: int,
-        reward_prompts: list | None = None,
-        monitor: Any = None,
-        engine: Any = None,
-    ):
-        self.c, self.acc, self.ref, self.reward_fn = c, accelerator, ref_model, reward_fn
-        self.schedule, self.kl_ctl, self.tok, self.prompts = schedule, kl_ctl, tok, prompts
-        self.prefix, self.work_dir, self.log_fn, self.seed = prefix, work_dir, log_fn, seed
-        self.reward_prompts, self.monitor = reward_prompts or prompts, monitor  # GoldMonitor
-        self.engine = engine or HFEngine(c)  # coarse/engines.py: hf | vllm
-        n = accelerator.num_processes
+    accelerator: Any  # accelerate.Accelerator (plain, DDP or DeepSpeed)
+    model: torch.nn.Module  # ActorCritic: the policy and critic PPO trains (not yet prepared)
+    ref_model: Any  # the frozen reference policy (the base)
+    reward_fn: Callable  # (reward prompts, rollout) -> (B,) scores
+    schedule: Any  # LengthSchedule: the rollout length limit l(t)
+    kl_ctl: Any  # fixed or adaptive KL coefficient (ppo.py)
+    tok: Any  # the policy's tokenizer (left padding)
+    prompts: list[str]  # plain prompt texts the policy answers
+    prefix: str  # text before each prompt (coarse.prompt_prefix, {bos} filled in)
+    work_dir: Path  # checkpoints
+    log_fn: Callable[[dict, int], None]  # (metrics, step), main process only
+    seed: int  # prompt order (epochs of seeded permutations)
+    reward_prompts: list | None = None  # what the reward model reads; None: `prompts`
+    monitor: Any = None  # GoldMonitor (gold_rewards.py), or None: no gold monitor
+    engine: Any = None  # rollout engine (engines.py); None: HFEngine(c)
+
+
+class CoarseTrainer:
+    """PPO with a length schedule over `parts.prompts` (plain text; `parts.reward_prompts`:
+    what the reward model reads, default the same), configured by `c` (the `coarse` config).
+    `parts.log_fn(metrics, step)` runs on the main process only."""
+
+    def __init__(self, c: Any, parts: TrainerParts):
+        p = parts
+        self.c, self.acc, self.ref, self.reward_fn = c, p.accelerator, p.ref_model, p.reward_fn
+        self.schedule, self.kl_ctl, self.tok, self.prompts = p.schedule, p.kl_ctl, p.tok, p.prompts
+        self.prefix, self.work_dir, self.log_fn, self.seed = p.prefix, p.work_dir, p.log_fn, p.seed
+        self.reward_prompts, self.monitor = p.reward_prompts or p.prompts, p.monitor
+        self.engine = p.engine or HFEngine(c)  # coarse/engines.py: hf | vllm
+        n = self.acc.num_processes
         if c.batch_size % n or c.minibatch_size % n:
             msg = f"coarse.batch_size ({c.batch_size}) and minibatch_size ({c.minibatch_size})"
             raise ValueError(f"{msg} must be multiples of the {n} processes")
         self.local_batch, self.local_mb = c.batch_size // n, c.minibatch_size // n
-        self.model, self.opt = accelerator.prepare(model, build_optimizer(model, c))
+        self.model, self.opt = self.acc.prepare(p.model, build_optimizer(p.model, c))
         self.state = TrainState()
         # steps the log already holds (a resume in the same run dir): not logged again on resume
         self.logged_steps: set[int] = set()

@@ -78,8 +78,8 @@ def data_file(prepare_dir: str | Path, name: str) -> Path:
 
 def rehearsing(cfg: Any) -> bool:
     """Hub models under `debug=micro` (`model.rehearsal` set): tiny-width copies stand in."""
-    m = cfg.get("model")
-    return m is not None and m.get("rehearsal") is not None and str(m.source) == "hub"
+    m = getattr(cfg, "model", None)
+    return m is not None and getattr(m, "rehearsal", None) is not None and str(m.source) == "hub"
 
 
 def model_dir(cfg: Any, upstream: Mapping[str, Mapping[str, Any]], role: str) -> str:
@@ -87,7 +87,7 @@ def model_dir(cfg: Any, upstream: Mapping[str, Mapping[str, Any]], role: str) ->
     directory or a resolved hub id) wins, else the prepare artifact's `<role>/`."""
     from c2f_exp.core import hub
 
-    spec = cfg.model[role]
+    spec = getattr(cfg.model, role)
     if rehearsing(cfg) and "prepare" in upstream:  # the tiny-width copy prepare built
         return str(stage_model_dir("prepare", upstream["prepare"]["path"], role))
     if spec.path:

@@ -124,8 +124,8 @@ def check_pair(refs: dict[str, str], cfg: Any) -> None:
                 f"model.{role}.path={ref}: the tokenizer has no EOS token (tokenizer_config.json"
                 " eos_token / config.json eos_token_id); rollouts and answers need one to stop"
             )
-    reward = cfg.get("reward")
-    if reward is not None and str(reward.get("format")) == "chat" and "instruct" in local:
+    reward = getattr(cfg, "reward", None)
+    if reward is not None and str(reward.format) == "chat" and "instruct" in local:
         ref = local["instruct"]
         has = (
             "chat_template" in _tokenizer_config(ref)

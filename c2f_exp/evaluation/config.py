@@ -1,8 +1,15 @@
 """Typed schema of the `eval` config group (conf/eval/*.yaml) and its semantic checks.
 
-`EvalConf` is the dataclass the root schema holds as field `eval`; OmegaConf rejects unknown keys
-and wrong types at composition. `validate_eval(cfg)` checks what types cannot express (choices,
-ranges, cross-field rules) and raises `ConfigError` naming the key and the fix.
+`EvalConf` is the dataclass the root schema holds as field `eval`; OmegaConf rejects unknown keys,
+wrong types and bad choices at composition. Each class's `__post_init__` checks what types cannot
+express (ranges, rules between its fields) and raises `ConfigError` naming the key and the fix;
+rules against other groups (the data source) are config.validate's.
+
+The defaults here are the only ones: the tiny world's evaluation (docs/method.md §3, §5;
+conf/eval/tinyworld.yaml holds only its MT-Bench temperatures): lm-eval tasks built at run time
+from the prepare artifact, the two-turn MT-Bench-style set judged by the gold scorer, and text
+statistics of the answers (~1 min for base + instruct). Other options (eval=general11) hold only
+what they change.
 """
 
 from __future__ import annotations
@@ -11,11 +18,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING
 
 from c2f_exp.core.choices import ModelDType, choice
-from c2f_exp.core.errors import bad_value
-from c2f_exp.sources import source_for
+from c2f_exp.core.errors import bad_value, check_seed
+from c2f_exp.sources import get_source
 
 TINYWORLD_TASKS = ("tinyworld_mc", "tinyworld_about")
 TINYWORLD_KEY_METRICS = (  # "task/metric" for the report's bar chart
@@ -32,6 +39,7 @@ JudgeType = choice(
     "JudgeType", ("openai_compatible", "hf_local", "reward_model", "tinyworld_gold"), __name__
 )
 MTBenchSource = choice("MTBenchSource", ("tinyworld", "fastchat"), __name__)
+RepoType = choice("RepoType", ("space", "dataset", "model"), __name__)  # Hugging Face hub's
 JUDGE_TYPES, MODEL_DTYPES = JudgeType.values(), ModelDType.values()
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -39,6 +47,7 @@ _MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 def _chat_defaults() -> dict[str, bool]:
     # base and coarse (PPO from the base, no SFT) are prompted plainly; instruct-style with chat
+    # (models not listed: chat)
     return {"base": False, "coarse": False, "instruct": True, "fine": True}
 
 
@@ -52,11 +61,20 @@ class LmEvalConf:
     max_batch_size: int = 64
     device: str = "auto"  # auto = cuda when available, else cpu
     dtype: ModelDType = ModelDType.float32
-    limit: float | None = None  # examples per task (int) or fraction (< 1); null = all
+    # examples per task (int) or fraction (< 1); null = all; e.g. 100 for a smoke run
+    limit: float | None = None
     include_path: list[str] = field(default_factory=list)  # extra task YAML directories
     max_length: int | None = None
     bootstrap_iters: int = 0  # stderr bootstrap; 0 = off (fast)
     log_samples: bool = True  # write per-example outputs under lm_eval/<model>/
+
+    def __post_init__(self) -> None:
+        _check_batch_size("batch_size", self.batch_size)
+        if self.limit is not None and not self.limit > 0:
+            raise bad_value("limit", self.limit, "> 0 (a count, or a fraction < 1)")
+        for task, k in self.num_fewshot.items():
+            if k < 0:
+                raise bad_value(f"num_fewshot.{task}", k, ">= 0")
 
 
 @dataclass
@@ -90,19 +108,32 @@ class MTBenchConf:
     """Two-turn answers and their judgments, in FastChat's llm_judge layout."""
 
     enabled: bool = True
-    source: MTBenchSource = MTBenchSource.tinyworld  # tinyworld: prepare's two-turn set |
-    # fastchat: the 80 questions
+    # tinyworld: prepare's data/two_turn.jsonl (categories: more, why) | fastchat: the 80
+    # questions
+    source: MTBenchSource = MTBenchSource.tinyworld
     question_file: str | None = None  # explicit files win over any other source
     judge_prompts_file: str | None = None
     reference_answer_file: str | None = None
     hub_repo: str = "lmsys/mt-bench"  # last resort when online: FastChat's published files
-    hub_repo_type: str = "space"
+    hub_repo_type: RepoType = RepoType.space
     max_new_tokens: int = 128  # a complete, explained tiny-world answer needs > 100 tokens
     temperatures: dict[str, float] = field(default_factory=dict)  # per category (FastChat's)
     default_temperature: float = 0.7
     batch_size: int = 64
     limit: int | None = None  # first N questions; null = all
     judge: JudgeConf = field(default_factory=JudgeConf)
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise bad_value("max_new_tokens", self.max_new_tokens, ">= 1")
+        if self.limit is not None and self.limit < 1:
+            raise bad_value("limit", self.limit, ">= 1 or null")
+        for cat, t in {**self.temperatures, "default": self.default_temperature}.items():
+            if t < 0:
+                raise bad_value(f"temperatures.{cat}", t, ">= 0")
+        if self.enabled:  # who grades, only when anything is graded
+            gold = get_source(self.source, "eval.mt_bench.source").has_gold_scorer
+            _check_judge(self.judge, gold)
 
 
 @dataclass
@@ -114,14 +145,29 @@ class TextStatsConf:
 @dataclass
 class EvalConf:
     name: str = MISSING
-    models: dict[str, str] = field(default_factory=dict)  # {} = every model the run produced
-    chat: dict[str, bool] = field(default_factory=_chat_defaults)  # per model: chat template?
+    # {name: path}; {} = every model the run produced (base, instruct, coarse, fine), e.g.
+    # eval.models='{base:/m/base,mine:/m/mine}'
+    models: dict[str, str] = field(default_factory=dict)
+    # per model: prompt with the tokenizer's chat template? (unlisted models: yes)
+    chat: dict[str, bool] = field(default_factory=_chat_defaults)
     seed: int = 0
-    num_threads: int | None = 1  # torch intra-op threads during eval; null = unchanged
+    # torch intra-op threads during eval; null = unchanged. 1: tiny models run faster on one
+    # thread (2 shared cores: 20 CPU-s and 50 s wall vs 93 CPU-s and 240 s with 2 threads)
+    num_threads: int | None = 1
     key_metrics: list[str] = field(default_factory=lambda: list(TINYWORLD_KEY_METRICS))
     lm_eval: LmEvalConf = field(default_factory=LmEvalConf)
     mt_bench: MTBenchConf = field(default_factory=MTBenchConf)
     text_stats: TextStatsConf = field(default_factory=TextStatsConf)
+
+    def __post_init__(self) -> None:
+        for name in list(self.models) + list(self.chat):
+            if not _MODEL_NAME.match(str(name)):
+                raise bad_value(f"models.{name}", name, "a name of letters, digits, _ . -")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise bad_value("num_threads", self.num_threads, ">= 1 or null")
+        if self.text_stats.repetition_n < 1:
+            raise bad_value("text_stats.repetition_n", self.text_stats.repetition_n, ">= 1")
+        check_seed("seed", self.seed)
 
 
 def _check_batch_size(key: str, value: str) -> None:
@@ -134,76 +180,31 @@ def _check_batch_size(key: str, value: str) -> None:
 def _check_judge(j: Any, has_gold_scorer: bool) -> None:
     if j.api_key_env is not None and not _ENV_NAME.match(j.api_key_env):
         raise bad_value(
-            "eval.mt_bench.judge.api_key_env",
+            "judge.api_key_env",
             "<hidden>",
             "the NAME of an environment variable (e.g. OPENAI_API_KEY)",
             "export the key in that variable; never put the key in a config",
         )
     if j.type == "openai_compatible":
         for k in ("base_url", "model"):
-            if not j[k]:
-                raise bad_value(f"eval.mt_bench.judge.{k}", j[k], "set for openai_compatible")
+            if not getattr(j, k):
+                raise bad_value(f"judge.{k}", getattr(j, k), "set for openai_compatible")
     if j.type == "hf_local" and not j.model:
-        raise bad_value("eval.mt_bench.judge.model", j.model, "a local chat model for hf_local")
+        raise bad_value("judge.model", j.model, "a local chat model for hf_local")
     if j.type == "tinyworld_gold" and not has_gold_scorer:
         raise bad_value(
-            "eval.mt_bench.judge.type",
+            "judge.type",
             j.type,
             "an LLM or reward-model judge",
             "the gold scorer only knows the tiny world's questions",
         )
     if j.retries < 0 or j.request_retries < 0 or j.parallel < 1:
-        raise bad_value("eval.mt_bench.judge.retries", j.retries, ">= 0 (parallel >= 1)")
+        raise bad_value("judge.retries", j.retries, ">= 0 (parallel >= 1)")
     if (j.score_low is None) != (j.score_high is None) or (
         j.score_low is not None and not j.score_high > j.score_low
     ):
         raise bad_value(
-            "eval.mt_bench.judge.score_high",
+            "judge.score_high",
             j.score_high,
             "set together with score_low and greater than it",
         )
-
-
-def validate_eval(cfg: DictConfig) -> None:
-    """Semantic checks of `cfg.eval` (the root config is needed for cross-group rules)."""
-    e = cfg.eval
-    for name in list(e.models) + list(e.chat):
-        if not _MODEL_NAME.match(str(name)):
-            raise bad_value(f"eval.models.{name}", name, "a name of letters, digits, _ . -")
-    lm = e.lm_eval
-    _check_batch_size("eval.lm_eval.batch_size", lm.batch_size)
-    if lm.limit is not None and not lm.limit > 0:
-        raise bad_value("eval.lm_eval.limit", lm.limit, "> 0 (a count, or a fraction < 1)")
-    for task, k in lm.num_fewshot.items():
-        if k < 0:
-            raise bad_value(f"eval.lm_eval.num_fewshot.{task}", k, ">= 0")
-    tiny = [t for t in lm.tasks if t in TINYWORLD_TASKS]
-    data = source_for(cfg)
-    if tiny and not data.reads_prepare:
-        raise bad_value(
-            "eval.lm_eval.tasks",
-            list(lm.tasks),
-            "tasks without tinyworld_*",
-            "the tiny world's tasks need data=tinyworld",
-        )
-    m, mt = e.mt_bench, source_for(cfg, "eval.mt_bench.source")
-    if mt.reads_prepare and not data.reads_prepare and not m.question_file:
-        raise bad_value(
-            "eval.mt_bench.source",
-            m.source,
-            "fastchat for hub data",
-            "or set eval.mt_bench.question_file",
-        )
-    if m.max_new_tokens < 1 or m.batch_size < 1:
-        raise bad_value("eval.mt_bench.max_new_tokens", m.max_new_tokens, ">= 1")
-    if m.limit is not None and m.limit < 1:
-        raise bad_value("eval.mt_bench.limit", m.limit, ">= 1 or null")
-    for cat, t in {**m.temperatures, "default": m.default_temperature}.items():
-        if t < 0:
-            raise bad_value(f"eval.mt_bench.temperatures.{cat}", t, ">= 0")
-    if m.enabled:
-        _check_judge(m.judge, mt.has_gold_scorer)
-    if e.num_threads is not None and e.num_threads < 1:
-        raise bad_value("eval.num_threads", e.num_threads, ">= 1 or null")
-    if e.text_stats.repetition_n < 1:
-        raise bad_value("eval.text_stats.repetition_n", e.text_stats.repetition_n, ">= 1")

@@ -133,7 +133,7 @@ def locate(mcfg: Any, what: str, download: bool = True) -> str:
     address. Raises ConfigError naming the options when no source has the file.
     """
     key = f"eval.mt_bench.{_KEYS[what]}"
-    explicit = mcfg[_KEYS[what]]
+    explicit = getattr(mcfg, _KEYS[what])
     if explicit:
         if not Path(explicit).expanduser().is_file():
             raise ConfigError(f"{key}={explicit} does not exist; point it at FastChat's file")

@@ -9,18 +9,20 @@ mt_bench/model_answer/, mt_bench/model_judgment/.
 
 from __future__ import annotations
 
+import copy
 import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any
-
-from omegaconf import DictConfig, OmegaConf
+from typing import TYPE_CHECKING, Any
 
 from c2f_exp.core import hub, layout
 from c2f_exp.core.errors import ConfigError
 from c2f_exp.sources import source_for
 from c2f_exp.stages import StageContext, final_dir, subtree
+
+if TYPE_CHECKING:
+    from c2f_exp.config import C2FConfig
 
 log = logging.getLogger(__name__)
 REPORT_FILES = ("results.json", "report.md", "plots")
@@ -31,30 +33,30 @@ class EvalStage:
     name = "eval"
     checkpoints = False  # nothing to resume from: a failed build leaves no work dir
 
-    def config_subtree(self, cfg: DictConfig) -> dict[str, Any]:
+    def config_subtree(self, cfg: C2FConfig) -> dict[str, Any]:
         sub = {
             "eval": cfg.eval,
             "seed": cfg.seed,
-            "model_paths": {r: cfg.model[r].path for r in ("base", "instruct")},
+            "model_paths": {r: getattr(cfg.model, r).path for r in ("base", "instruct")},
         }
         if layout.rehearsing(cfg):  # the rehearsal's caps change what is evaluated
             sub["rehearsal"] = cfg.model.rehearsal
         return subtree(sub)
 
-    def preflight(self, cfg: DictConfig) -> None:
+    def preflight(self, cfg: C2FConfig) -> None:
         from c2f_exp.evaluation import harness, judges
         from c2f_exp.evaluation.config import TINYWORLD_TASKS
         from c2f_exp.evaluation.mt_bench_data import locate
 
-        # config values: checked once, before any stage, by config.validate (validate_eval)
+        # config values: checked once, before any stage, by config.validate (EvalConf)
         e, stages = cfg.eval, list(cfg.stages)
         for name, path in e.models.items():
             key = f"eval.models.{name}"
             hub.check_local_weights(hub.resolve_model(path, key), key)
         for role in () if e.models else ("base", "instruct"):
-            spec = cfg.model[role]
+            spec = getattr(cfg.model, role)
             if spec.path and not layout.rehearsing(cfg):  # rehearsal: prepare's tiny copies
-                ref = hub.resolve_model(spec.path, f"model.{role}.path", spec.get("revision"))
+                ref = hub.resolve_model(spec.path, f"model.{role}.path", spec.revision)
                 hub.check_local_weights(ref, f"model.{role}.path")
             elif "prepare" not in stages:
                 raise ConfigError(
@@ -168,12 +170,12 @@ def _copy_report(out: Path, stage_dir: Path) -> None:
             shutil.copy(src, stage_dir / name)
 
 
-def rehearsal_eval(cfg: DictConfig) -> Any:
+def rehearsal_eval(cfg: C2FConfig) -> Any:
     """`eval`, or under the rehearsal (debug=micro on hub models) a copy with its caps: lm-eval
     `limit`, MT-Bench answer length."""
     if not layout.rehearsing(cfg):
         return cfg.eval
-    r, e = cfg.model.rehearsal, OmegaConf.create(OmegaConf.to_container(cfg.eval, resolve=True))
+    r, e = cfg.model.rehearsal, copy.deepcopy(cfg.eval)
     limit = e.lm_eval.limit
     e.lm_eval.limit = r.lm_eval_limit if limit is None else min(limit, r.lm_eval_limit)
     e.mt_bench.max_new_tokens = min(e.mt_bench.max_new_tokens, r.max_new_tokens)
@@ -192,7 +194,7 @@ def per_category(questions: list[dict], r: Any) -> list[dict]:
     return keep
 
 
-def _calibration_pairs(cfg: DictConfig, prep: str | None) -> list[dict] | None:
+def _calibration_pairs(cfg: C2FConfig, prep: str | None) -> list[dict] | None:
     """A reward-model judge without a score range or calibration file on hub data calibrates
     on the reward data's test pairs (the tiny world's prepare writes its own file)."""
     j = cfg.eval.mt_bench.judge

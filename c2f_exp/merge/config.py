@@ -1,7 +1,11 @@
 """`merger` config group: typed schema (`MergerConf`) and the checks types cannot express.
 
 `coefficient`, `shard_size` and the values of `module_overrides` are typed `Any` because OmegaConf
-has no "number or list" type; `validate_merger` checks them and names the key on failure.
+has no "number or list" type; `MergerConf.__post_init__` checks them and names the key.
+
+The defaults here are the only ones: the Knowledge Residue Merger's (the default option,
+conf/merger/knowledge_residue.yaml, holds nothing else); the comparison merges (merger=ties,
+dare, linear, slerp) hold only what they change.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from c2f_exp.core.choices import DTYPES, DType, choice
-from c2f_exp.core.errors import bad_value
+from c2f_exp.core.errors import bad_value, check_seed
 
 MergeMethod = choice(
     "MergeMethod", ("knowledge_residue", "linear", "slerp", "ties", "dare"), __name__
@@ -43,29 +47,77 @@ _UNITS = {
 
 @dataclass
 class MergerConf:
-    """Knowledge Residue Merger and comparison merges (docs/method.md §2.2)."""
+    """Knowledge Residue Merger (Mistral-C2F, docs/method.md §2.2): fine = instruct + lambda *
+    filter(coarse - base); and the comparison merges (`method`)."""
 
     method: MergeMethod = MergeMethod.knowledge_residue
     base: str | None = None  # null: the run's base model (prepare stage or model.base.path)
     instruct: str | None = None  # null: the run's instruct model
     coarse: str | None = None  # null: <coarse artifact>/actor from the coarse stage
     # lambda: a number, or a list of anchors interpolated over depth (mergekit's gradient).
-    # OUR default (the paper gives none), measured in conf/merger/knowledge_residue.yaml.
+    # OUR default (the paper gives none): 1.0 at the first layer falling to 0.0 at the last;
+    # no merge beat it on MT-Bench over 7 worlds (docs/results.md)
     coefficient: Any = field(default_factory=lambda: [1.0, 0.0])
-    filter: MergeFilter = MergeFilter.none  # knowledge_residue only
+    # knowledge_residue only: none | magnitude (keep the top `density`) | dare (drop `drop_p`)
+    # | sign_agree
+    filter: MergeFilter = MergeFilter.none
     density: float = 1.0  # magnitude filter / ties trimming: fraction of entries kept
     drop_p: float = 0.0  # dare filter / dare method: drop probability (rescale 1/(1-p))
     seed: int = 0  # dare masks
-    module_overrides: dict[str, Any] = field(default_factory=dict)  # name substring -> lambda
-    on_mismatch: MismatchPolicy = MismatchPolicy.error  # tensors missing or shaped differently
-    output: str | None = None  # also write the merged model here (atomically)
+    # tensor-name substring -> lambda, first match wins, e.g. {self_attn: 0.5}
+    module_overrides: dict[str, Any] = field(default_factory=dict)
+    # tensors missing or shaped differently in one model: error | keep_instruct | skip
+    on_mismatch: MismatchPolicy = MismatchPolicy.error
+    # also write the merged model here (atomically; refuses an existing dir unless overwrite)
+    output: str | None = None
     overwrite: bool = False  # allow replacing an existing merger.output directory
-    out_dtype: DType | None = None  # null: each tensor keeps the instruct model's dtype
+    # null: each tensor keeps the instruct model's dtype; float32 | bfloat16 | float16
+    out_dtype: DType | None = None
     shard_size: Any = "200MB"  # bytes (int) or a string like 200MB / 2GB / 512MiB
     survival_warn: float = 0.5  # warn when less residue than this survives the output cast
     # |lambda| above this is refused: lambda=-1e9 writes a model of noise with exit 0. The
     # sweeps use 0..3; raise it only if you mean it.
     max_abs_coefficient: float = 10.0
+
+    def __post_init__(self) -> None:
+        """The rules its types cannot express (the choice fields are enums: a bad one fails at
+        composition). Raises ConfigError naming the key."""
+        if self.filter != MergeFilter.none and self.method != MergeMethod.knowledge_residue:
+            raise bad_value(
+                "filter",
+                self.filter,
+                f"none for merger.method={self.method}",
+                "filters apply to knowledge_residue; ties/dare have their own",
+            )
+        if not 0 < self.density <= 1:
+            raise bad_value("density", self.density, "in (0, 1]")
+        if not 0 <= self.drop_p < 1:
+            raise bad_value("drop_p", self.drop_p, "in [0, 1)")
+        if not 0 <= self.survival_warn <= 1:
+            raise bad_value("survival_warn", self.survival_warn, "in [0, 1]")
+        bound = self.max_abs_coefficient
+        if not (_is_number(bound) and math.isfinite(bound) and bound > 0):
+            raise bad_value("max_abs_coefficient", bound, "a finite number > 0")
+        lambdas = [
+            ("coefficient", self.coefficient),
+            *((f"module_overrides.{p}", x) for p, x in (self.module_overrides or {}).items()),
+        ]
+        for key, v in lambdas:
+            worst = max(coefficient_values(v, key), key=abs)
+            if abs(worst) > bound:
+                raise bad_value(
+                    key,
+                    worst,
+                    f"within +-{bound:g} (merger.max_abs_coefficient)",
+                    "a lambda this large swamps the instruct weights; set "
+                    "merger.max_abs_coefficient higher only if you mean it",
+                )
+        if self.method in (MergeMethod.linear, MergeMethod.slerp):
+            for key, v in lambdas:
+                if not all(0 <= t <= 1 for t in coefficient_values(v, key)):
+                    raise bad_value(key, v, f"in [0, 1] for {self.method} (the weight of coarse)")
+        parse_size(self.shard_size, "shard_size")
+        check_seed("seed", self.seed)
 
 
 def parse_size(value: Any, key: str = "merger.shard_size") -> int:
@@ -117,45 +169,3 @@ def check_coefficient_length(value: Any, num_layers: int, key: str = "merger.coe
             "layer of this model; shorter lists are interpolated over depth)",
             f"the model has {num_layers} layers",
         )
-
-
-def validate_merger(m: Any) -> None:
-    """Static checks on the `merger` node (no file access) that its types cannot express (the
-    choice fields are enums: a bad one fails at composition). Raises ConfigError naming the key."""
-    if m.filter != "none" and m.method != "knowledge_residue":
-        raise bad_value(
-            "merger.filter",
-            m.filter,
-            "none for merger.method=" + m.method,
-            "filters apply to knowledge_residue; ties/dare have their own",
-        )
-    if not 0 < m.density <= 1:
-        raise bad_value("merger.density", m.density, "in (0, 1]")
-    if not 0 <= m.drop_p < 1:
-        raise bad_value("merger.drop_p", m.drop_p, "in [0, 1)")
-    if not 0 <= m.survival_warn <= 1:
-        raise bad_value("merger.survival_warn", m.survival_warn, "in [0, 1]")
-    bound = m.max_abs_coefficient
-    if not (_is_number(bound) and math.isfinite(bound) and bound > 0):
-        raise bad_value("merger.max_abs_coefficient", bound, "a finite number > 0")
-    for key, v in [
-        ("merger.coefficient", m.coefficient),
-        *((f"merger.module_overrides.{p}", x) for p, x in (m.module_overrides or {}).items()),
-    ]:
-        worst = max(coefficient_values(v, key), key=abs)
-        if abs(worst) > bound:
-            raise bad_value(
-                key,
-                worst,
-                f"within +-{bound:g} (merger.max_abs_coefficient)",
-                "a lambda this large swamps the instruct weights; set "
-                "merger.max_abs_coefficient higher only if you mean it",
-            )
-    if m.method in ("linear", "slerp"):
-        for key, v in [
-            ("merger.coefficient", m.coefficient),
-            *((f"merger.module_overrides.{p}", x) for p, x in (m.module_overrides or {}).items()),
-        ]:
-            if not all(0 <= t <= 1 for t in coefficient_values(v, key)):
-                raise bad_value(key, v, f"in [0, 1] for {m.method} (the weight of coarse)")
-    parse_size(m.shard_size)

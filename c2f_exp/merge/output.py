@@ -93,14 +93,12 @@ def _check_not_protected(dest: str, out: Path, protected: Mapping[str, Any]) -> 
 def protected_dirs(cfg: Any, inputs: Mapping[str, Any], run_dir: Path | None = None) -> dict:
     """What `merger.output` may not touch: `paths.cache_dir`, this run's dir (Hydra's output
     dir when `run_dir` is None) and the merge inputs (role -> directory)."""
-    from omegaconf import OmegaConf
-
     if run_dir is None:
         from hydra.core.hydra_config import HydraConfig
 
         if HydraConfig.initialized():
             run_dir = Path(HydraConfig.get().runtime.output_dir)
-    out: dict[str, Any] = {"paths.cache_dir": OmegaConf.select(cfg, "paths.cache_dir")}
+    out: dict[str, Any] = {"paths.cache_dir": cfg.paths.cache_dir}
     out["the run dir"] = run_dir
     out.update({f"merger.{r}": d for r, d in inputs.items()})
     return out

@@ -10,11 +10,10 @@ additionally receives an atomic copy.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
-
-from omegaconf import DictConfig, OmegaConf
+from typing import TYPE_CHECKING, Any
 
 from c2f_exp.core import layout
 from c2f_exp.core.artifacts import write_json_atomic
@@ -24,6 +23,9 @@ from c2f_exp.merge import inputs, io, output
 from c2f_exp.merge.config import ROLES
 from c2f_exp.stages import StageContext
 
+if TYPE_CHECKING:
+    from c2f_exp.config import C2FConfig
+
 log = logging.getLogger(__name__)
 RECIPE = "merge_recipe.json"
 
@@ -32,29 +34,30 @@ class MergeStage:
     name = "merge"
     checkpoints = False  # nothing to resume from: a failed build leaves no work dir
 
-    def config_subtree(self, cfg: DictConfig) -> dict[str, Any]:
-        m = OmegaConf.to_container(cfg.merger, resolve=True)
+    def config_subtree(self, cfg: C2FConfig) -> dict[str, Any]:
+        m = dataclasses.asdict(cfg.merger)
         sub: dict[str, Any] = {"merger": m, "inputs": {}}
         for role in ROLES[m["method"]]:  # explicit paths: hash what is there, not the path
             if m[role] and Path(m[role]).expanduser().is_dir():
                 with contextlib.suppress(io.MergeError):  # preflight reports it
                     sub["inputs"][role] = io.ModelDir(m[role], f"merger.{role}").fingerprint()
             elif role != "coarse" and not m[role]:
-                sub["inputs"][role] = cfg.model[role].path  # null: the prepare artifact's hash
+                # null: the prepare artifact's hash
+                sub["inputs"][role] = getattr(cfg.model, role).path
         return sub
 
-    def preflight(self, cfg: DictConfig) -> None:
+    def preflight(self, cfg: C2FConfig) -> None:
         """Output directory and (when all inputs are paths) the models' architecture, tensors
         and lambda-list length, before any merge work. The config values themselves were
-        checked once, before any stage, by `config.validate` (`merge.config.validate_merger`)."""
+        checked once, before any stage, by `config.validate` (`MergerConf.__post_init__`)."""
         from c2f_exp.merge.stream import check_inputs
 
         m = cfg.merger
         known = {}
         for role in ROLES[m.method]:
-            if m[role]:
+            if getattr(m, role):
                 known[role] = io.ModelDir(
-                    io.local_model_dir(m[role], f"merger.{role}"), f"merger.{role}"
+                    io.local_model_dir(getattr(m, role), f"merger.{role}"), f"merger.{role}"
                 )
                 check_weights(known[role].path, f"merger.{role}")  # truncated/padded files
             elif role == "coarse" and "coarse" not in cfg.stages:
@@ -64,7 +67,11 @@ class MergeStage:
                     "a model directory when the coarse stage does not run",
                     "set merger.coarse=/path/to/coarse_actor or add coarse to stages",
                 )
-            elif role != "coarse" and not cfg.model[role].path and "prepare" not in cfg.stages:
+            elif (
+                role != "coarse"
+                and not getattr(cfg.model, role).path
+                and "prepare" not in cfg.stages
+            ):
                 raise bad_value(
                     f"merger.{role}",
                     None,
@@ -76,7 +83,7 @@ class MergeStage:
         if "base" in known and "coarse" in known:
             inputs.check_residue_possible(known["base"], known["coarse"])
         if m.output:
-            named = {r: cfg.model[r].path for r in ("base", "instruct")}
+            named = {r: getattr(cfg.model, r).path for r in ("base", "instruct")}
             named = {r: d for r, d in named.items() if d and Path(d).expanduser().is_dir()}
             named.update({r: md.path for r, md in known.items()})
             output.check_output_dir(m.output, m.overwrite, output.protected_dirs(cfg, named))
@@ -122,14 +129,14 @@ class MergeStage:
     @staticmethod
     def _input_ref(ctx: StageContext, role: str, local: str) -> str:
         """A Hub id the input was named by (for the card's `base_model`), else its directory."""
-        ref = ctx.cfg.merger[role]
+        ref = getattr(ctx.cfg.merger, role)
         if not ref and role != "coarse":
-            ref = ctx.cfg.model[role].path
+            ref = getattr(ctx.cfg.model, role).path
         return str(ref) if ref and not Path(str(ref)).expanduser().is_dir() else local
 
     @staticmethod
     def _input_dir(ctx: StageContext, role: str) -> str:
-        ref = ctx.cfg.merger[role]
+        ref = getattr(ctx.cfg.merger, role)
         if ref:
             return io.local_model_dir(ref, f"merger.{role}")
         if role == "coarse":

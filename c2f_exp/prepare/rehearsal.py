@@ -31,7 +31,7 @@ def shrunk_config(ref: str, r: Any) -> Any:
     cfg = AutoConfig.from_pretrained(ref)
     for ours, theirs in WIDTHS.items():
         if hasattr(cfg, theirs):
-            setattr(cfg, theirs, int(r[ours]))
+            setattr(cfg, theirs, int(getattr(r, ours)))
     if getattr(cfg, "head_dim", None) is not None:
         cfg.head_dim = int(r.hidden_size) // int(r.num_heads)
     return cfg

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
-
-from omegaconf import DictConfig
+from typing import TYPE_CHECKING, Any
 
 from c2f_exp.core import layout
 from c2f_exp.core.layout import read_jsonl  # noqa: F401  (re-exported: reward/ uses it)
 from c2f_exp.sources import source_for
 from c2f_exp.stages import StageContext, final_dir, subtree
+
+if TYPE_CHECKING:
+    from c2f_exp.config import C2FConfig
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ TARGETS = {
 class PrepareStage:
     name = "prepare"
 
-    def config_subtree(self, cfg: DictConfig) -> dict[str, Any]:
+    def config_subtree(self, cfg: C2FConfig) -> dict[str, Any]:
         sub = {"model": cfg.model, "seed": cfg.seed}
         sub.update(source_for(cfg, "model.source").prepare_subtree(cfg))  # world | hub_data
         out = subtree(sub)
@@ -35,7 +36,7 @@ class PrepareStage:
             out["model"].pop("rehearsal", None)
         return out
 
-    def preflight(self, cfg: DictConfig) -> None:
+    def preflight(self, cfg: C2FConfig) -> None:
         source_for(cfg, "model.source").check_models(cfg)  # hub: weights there
         source_for(cfg).check_data(cfg)  # hub: data sets reachable
 
@@ -57,7 +58,7 @@ class PrepareStage:
         return metrics
 
 
-def build_tiny_world(cfg: DictConfig, ctx: StageContext, out: Path) -> dict[str, Any]:
+def build_tiny_world(cfg: C2FConfig, ctx: StageContext, out: Path) -> dict[str, Any]:
     import torch
 
     from c2f_exp.core.tokenizers import save_tokenizer

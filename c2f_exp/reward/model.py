@@ -12,6 +12,7 @@ learned term over a language model's surprisal.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -199,7 +200,8 @@ def init_reward_model(
     model = AutoModelForSequenceClassification.from_pretrained(
         src, num_labels=1, dtype=torch.float32, use_safetensors=True
     )
-    over = {k: v for k, v in dict(arch or {}).items() if v is not None}
+    fields = vars(arch) if dataclasses.is_dataclass(arch) else dict(arch or {})
+    over = {k: v for k, v in fields.items() if v is not None}  # the set fields
     if over:
         from c2f_exp.reward.arch import grow
 

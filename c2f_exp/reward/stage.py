@@ -12,9 +12,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
-
-from omegaconf import DictConfig
+from typing import TYPE_CHECKING, Any
 
 from c2f_exp.core import hub, layout
 from c2f_exp.core.errors import ConfigError
@@ -23,10 +21,12 @@ from c2f_exp.core.tokenizers import save_tokenizer
 from c2f_exp.reward import knowledge, tiny
 from c2f_exp.reward import model as rmod
 from c2f_exp.reward import preferences as prefs
-from c2f_exp.reward.config import validate_reward
 from c2f_exp.reward.model import score_texts  # noqa: F401  (public: used by coarse, eval)
 from c2f_exp.sources import source_for
 from c2f_exp.stages import StageContext, distributed_key, model_dir, subtree
+
+if TYPE_CHECKING:
+    from c2f_exp.config import C2FConfig
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +34,14 @@ log = logging.getLogger(__name__)
 class RewardStage:
     name = "reward"
 
-    def config_subtree(self, cfg: DictConfig) -> dict[str, Any]:
+    def config_subtree(self, cfg: C2FConfig) -> dict[str, Any]:
         r = cfg.reward
-        init = None if r.path else cfg.model[r.init]
+        init = None if r.path else getattr(cfg.model, r.init)
         sub = {"reward": r, "seed": cfg.seed, "policy": cfg.model.base, "init": init}
         sub.update(distributed_key(cfg))  # ranks and ZeRO change a trained model's weights
         return subtree(sub)
 
-    def preflight(self, cfg: DictConfig) -> None:
-        validate_reward(cfg)
+    def preflight(self, cfg: C2FConfig) -> None:
         r = cfg.reward
         if r.path:
             ref = hub.resolve_model(r.path, "reward.path")

@@ -119,8 +119,9 @@ def trainer_for(d: Path, length: int, updates: int, prefix: str = "ours_"):
     from c2f_exp.coarse.experience import make_reward_fn
     from c2f_exp.coarse.length_schedules import build_schedule
     from c2f_exp.coarse.ppo import build_kl_controller
-    from c2f_exp.coarse.trainer import CoarseTrainer
+    from c2f_exp.coarse.trainer import CoarseTrainer, TrainerParts
     from c2f_exp.reward.model import load_reward_model
+    from tests.helpers import check
     from tests.helpers.coarse import coarse_cfg
 
     over = {"steps": updates, "batch_size": BATCH, "minibatch_size": BATCH}
@@ -128,9 +129,10 @@ def trainer_for(d: Path, length: int, updates: int, prefix: str = "ours_"):
     cfg = coarse_cfg(
         {"coarse": over, "length_schedule": {"l_max": length}}, schedule="fixed", micro=False
     )
-    c = cfg.coarse
+    conf = check(cfg)  # the typed config the stage would get
+    c = conf.coarse
     tok = AutoTokenizer.from_pretrained(d / "policy")
-    acc = cr.build_accelerator(cfg.distributed, c)
+    acc = cr.build_accelerator(conf.distributed, c)
     torch.manual_seed(0)
     model = cr.ActorCritic(
         cr.load_policy(str(d / "policy"), torch.float32, False),
@@ -138,21 +140,21 @@ def trainer_for(d: Path, length: int, updates: int, prefix: str = "ours_"):
     )
     rm, rm_tok = load_reward_model(str(d / "reward"))
     work = Path(tempfile.mkdtemp(prefix=prefix))
-    tr = CoarseTrainer(
-        c,
-        acc,
-        model,
-        cr.load_frozen(str(d / "policy"), "causal", torch.float32),
-        make_reward_fn(rm, rm_tok, tok, 64),
-        build_schedule(cfg.length_schedule),
-        build_kl_controller("fixed", c.kl_coef, None, 1),
-        tok,
-        prompts(64),
-        "<s> ",
-        work,
-        lambda m, s: None,
-        0,
+    parts = TrainerParts(
+        accelerator=acc,
+        model=model,
+        ref_model=cr.load_frozen(str(d / "policy"), "causal", torch.float32),
+        reward_fn=make_reward_fn(rm, rm_tok, tok, 64),
+        schedule=build_schedule(conf.length_schedule),
+        kl_ctl=build_kl_controller("fixed", c.kl_coef, None, 1),
+        tok=tok,
+        prompts=prompts(64),
+        prefix="<s> ",
+        work_dir=work,
+        log_fn=lambda m, s: None,
+        seed=0,
     )
+    tr = CoarseTrainer(c, parts)
     return tr, cfg, work
 
 

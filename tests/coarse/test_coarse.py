@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the driver: `tests` importable
-from tests.helpers import CONF
-from tests.helpers.coarse import _trainer, coarse_cfg, make_ctx, read_trace
+from tests.helpers import CONF, check, compose_root, config_error
+from tests.helpers.coarse import _trainer, coarse_cfg, coarse_conf, load_cfg, make_ctx, read_trace
 
 
 def drive(argv: list[str]) -> None:
@@ -42,9 +41,7 @@ def drive(argv: list[str]) -> None:
             return lambda p, r: (time.sleep(delay), fn(p, r))[1]
 
         exp.make_reward_fn = slow_make
-    h = make_ctx(
-        OmegaConf.load(cfg_path), json.loads(Path(up_path).read_text()), Path(run), Path(work)
-    )
+    h = make_ctx(load_cfg(cfg_path), json.loads(Path(up_path).read_text()), Path(run), Path(work))
     Path(out).mkdir(parents=True, exist_ok=True)
     metrics = CoarseStage().run(h.ctx, Path(out))
     import os
@@ -70,36 +67,21 @@ def drive(argv: list[str]) -> None:
     ],
 )
 def test_validate_names_bad_key(over, key):
-    from c2f_exp.coarse.config import validate_coarse
-    from c2f_exp.core.errors import ConfigError
-
-    validate_coarse(coarse_cfg())  # the defaults pass
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        validate_coarse(coarse_cfg(over))
+    check(coarse_cfg())  # the defaults pass
+    assert key in config_error(lambda: check(coarse_cfg(over)))
 
 
 @pytest.mark.parametrize("name", ["tinyworld", "mistral_7b"])
 def test_coarse_group_files_compose_and_validate(name):
-    from hydra import compose, initialize_config_dir
-
-    from c2f_exp.coarse.config import CoarseConf, validate_coarse
-
-    with initialize_config_dir(config_dir=str(CONF / "coarse"), version_base="1.3"):
-        node = compose(config_name=name)
-    cfg = coarse_cfg()
-    cfg.coarse = OmegaConf.merge(OmegaConf.structured(CoarseConf), node)  # unknown keys fail
-    validate_coarse(cfg)
-    assert cfg.coarse.name == name
+    conf = check(compose_root([f"coarse={name}"]))  # unknown keys and bad values fail
+    assert conf.coarse.name == name
     if name == "mistral_7b":
-        assert cfg.coarse.dtype == "bfloat16" and cfg.coarse.gradient_checkpointing
+        assert conf.coarse.dtype == "bfloat16" and conf.coarse.gradient_checkpointing
 
 
 @pytest.mark.parametrize("name", ["none", "ddp", "zero2", "zero3"])
 def test_distributed_group_files(name):
-    from c2f_exp.coarse.config import validate_distributed
-
-    d = coarse_cfg(distributed=name).distributed
-    validate_distributed(d)
+    d = coarse_conf(distributed=name).distributed
     assert d.name == name
     if d.backend == "deepspeed":
         ds = json.loads((CONF / "distributed" / d.deepspeed_config).read_text())
@@ -110,11 +92,11 @@ def test_preflight_needs_a_reward_model():
     from c2f_exp.coarse.stage import CoarseStage
     from c2f_exp.core.errors import ConfigError
 
-    cfg = coarse_cfg({"stages": ["prepare", "coarse"]})
+    cfg = coarse_conf({"stages": ["prepare", "coarse"]})
     with pytest.raises(ConfigError, match="reward model"):
         CoarseStage().preflight(cfg)
     with pytest.raises(ConfigError, match=r"coarse\.reward_model"):
-        CoarseStage().preflight(coarse_cfg({"coarse": {"reward_model": "/nope/rm"}}))
+        CoarseStage().preflight(coarse_conf({"coarse": {"reward_model": "/nope/rm"}}))
 
 
 def test_mismatched_reward_vocabulary_is_refused(micro, tmp_path):
@@ -363,12 +345,12 @@ if __name__ == "__main__":
     drive(sys.argv[1:])
 
 
-def test_coarse_seed_defaults_to_the_run_seed_and_keys_the_artifact(compose):
+def test_coarse_seed_defaults_to_the_run_seed_and_keys_the_artifact(conf):
     from c2f_exp.coarse.stage import CoarseStage, rl_seed
 
     st = CoarseStage()
-    default, same = compose([]), compose(["coarse.seed=0"])
-    other, run1 = compose(["coarse.seed=1"]), compose(["seed=1"])
+    default, same = conf([]), conf(["coarse.seed=0"])
+    other, run1 = conf(["coarse.seed=1"]), conf(["seed=1"])
     assert rl_seed(default) == 0 and rl_seed(other) == 1 and rl_seed(run1) == 1
     assert st.config_subtree(default) == st.config_subtree(same)  # same RL seed: reused
     assert st.config_subtree(default) != st.config_subtree(other)

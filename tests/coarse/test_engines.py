@@ -155,25 +155,29 @@ def test_vllm_without_a_gpu_is_a_named_error(monkeypatch):
 
 
 def test_preflight_refuses_vllm_here_and_validation_names_a_bad_engine(monkeypatch):
-    from c2f_exp.coarse.config import validate_coarse
+    from omegaconf.errors import ValidationError
+
+    from c2f_exp.cli_errors import one_line
     from c2f_exp.coarse.stage import CoarseStage
-    from c2f_exp.core.errors import ConfigError
-    from tests.helpers.coarse import coarse_cfg
+    from tests.helpers import check
+    from tests.helpers.coarse import coarse_cfg, coarse_conf
 
     monkeypatch.setitem(sys.modules, "vllm", None)
-    cfg = coarse_cfg({"coarse": {"rollout": {"engine": "vllm"}, "reward_model": None}})
-    cfg.stages = ["prepare", "reward", "coarse"]
+    over = {"coarse": {"rollout": {"engine": "vllm"}, "reward_model": None}}
+    cfg = coarse_conf({**over, "stages": ["prepare", "reward", "coarse"]})
     with pytest.raises(RolloutEngineUnavailableError, match="vllm"):
         CoarseStage().preflight(cfg)
-    with pytest.raises(ConfigError, match=r"coarse\.rollout\.engine"):
-        validate_coarse(coarse_cfg({"coarse": {"rollout": {"engine": "sglang"}}}))
+    # a choice field: refused when the value is set (composition), naming the full key
+    with pytest.raises(ValidationError) as e:
+        check(coarse_cfg({"coarse": {"rollout": {"engine": "sglang"}}}))
+    assert "coarse.rollout.engine must be one of hf, vllm" in one_line(e.value)
 
 
 def test_engine_choice_is_not_in_the_cache_key_unless_it_changes_sampling():
     from c2f_exp.coarse.stage import CoarseStage
-    from tests.helpers.coarse import coarse_cfg
+    from tests.helpers.coarse import coarse_conf
 
     sub = CoarseStage().config_subtree
-    base = sub(coarse_cfg())
-    assert sub(coarse_cfg({"coarse": {"rollout": {"lean_decode": False}}})) == base
-    assert sub(coarse_cfg({"coarse": {"rollout": {"engine": "vllm"}}})) != base
+    base = sub(coarse_conf())
+    assert sub(coarse_conf({"coarse": {"rollout": {"lean_decode": False}}})) == base
+    assert sub(coarse_conf({"coarse": {"rollout": {"engine": "vllm"}}})) != base

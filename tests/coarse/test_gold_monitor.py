@@ -15,7 +15,8 @@ import torch
 from omegaconf import OmegaConf
 
 from c2f_exp.coarse import gold_monitor as gm
-from tests.helpers.coarse import _trainer, coarse_cfg
+from tests.helpers import check, compose_root, config_error
+from tests.helpers.coarse import _trainer, coarse_cfg, coarse_conf
 
 
 # ---- pure functions, by hand ----------------------------------------------------------------
@@ -88,6 +89,11 @@ def test_monitor_row_and_curve_summary_by_hand():
 
 
 # ---- config and preflight -------------------------------------------------------------------
+# The real 7B hub experiment, with no prompt data set: preflight's prompt-length check (hub
+# downloads) has nothing to read, the rest of preflight runs as on a real run.
+HUB_7B = ["+experiment=mistral_c2f", "data.hub.prompt_dataset=null"]
+
+
 @pytest.mark.parametrize(
     "over, key",
     [
@@ -95,54 +101,61 @@ def test_monitor_row_and_curve_summary_by_hand():
         ({"coarse": {"gold_source": "oracle"}}, "coarse.gold_source"),
         ({"coarse": {"gold_window": 0}}, "coarse.gold_window"),
         ({"coarse": {"gold_min_drop": -0.5}}, "coarse.gold_min_drop"),
+    ],
+)
+def test_bad_gold_settings_are_one_line_errors(over, key):
+    """The monitor's keys: checked with the config, before any stage (`check`)."""
+    assert key in config_error(lambda: check(coarse_cfg(over)))
+
+
+@pytest.mark.parametrize(
+    "hub, over, key",
+    [
         # a gold monitor outside the tiny world needs a second reward model
-        ({"data": {"source": "hub"}, "coarse": {"gold_every": 5}}, "coarse.gold_source"),
-        ({"coarse": {"gold_every": 5, "gold_source": "reward_model"}}, "coarse.gold_reward_model"),
+        (True, {"coarse": {"gold_every": 5}}, "coarse.gold_source"),
         (
+            False,
+            {"coarse": {"gold_every": 5, "gold_source": "reward_model"}},
+            "coarse.gold_reward_model",
+        ),
+        (
+            False,
             {"coarse": {"gold_source": "reward_model", "gold_reward_model": "/nope/rm"}},
             "coarse.gold_reward_model",
         ),
     ],
 )
-def test_bad_gold_settings_are_one_line_errors(over, key):
-    from c2f_exp.coarse.config import validate_coarse
-    from c2f_exp.core.errors import ConfigError
+def test_gold_source_that_cannot_run_is_a_one_line_preflight_error(hub, over, key):
+    """Whether the gold source can run here (data source, a findable model): preflight."""
+    from c2f_exp.coarse.stage import CoarseStage
 
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as e:
-        validate_coarse(coarse_cfg(over))
-    assert "\n" not in str(e.value)
+    conf = check(OmegaConf.merge(compose_root(HUB_7B), over) if hub else coarse_cfg(over))
+    assert key in config_error(lambda: CoarseStage().preflight(conf))
 
 
 def test_hub_run_with_the_7b_settings_asks_for_a_gold_reward_model(tmp_path):
-    from hydra import compose, initialize_config_dir
-
-    from c2f_exp.coarse.config import CoarseConf
     from c2f_exp.coarse.stage import CoarseStage
     from c2f_exp.core.errors import ConfigError
-    from tests.helpers import CONF
 
-    with initialize_config_dir(config_dir=str(CONF / "coarse"), version_base="1.3"):
-        node = compose(config_name="mistral_7b")
-    cfg = coarse_cfg({"data": {"source": "hub"}, "stages": ["prepare", "reward", "coarse"]})
-    cfg.coarse = OmegaConf.merge(OmegaConf.structured(CoarseConf), node)
-    CoarseStage().preflight(cfg)  # off by default: nothing asked
+    cfg = compose_root(HUB_7B)
+    CoarseStage().preflight(check(cfg))  # off by default: nothing asked
     cfg.coarse.gold_every = 50
     with pytest.raises(ConfigError, match=r"coarse\.gold_reward_model.*gold_every=0"):
-        CoarseStage().preflight(cfg)
+        CoarseStage().preflight(check(cfg))
     rm = tmp_path / "rm"
     rm.mkdir()
     (rm / "config.json").write_text(json.dumps({}))
     cfg.coarse.gold_reward_model = str(rm)
-    CoarseStage().preflight(cfg)  # any second reward model directory passes preflight
+    CoarseStage().preflight(check(cfg))  # any second reward model directory passes preflight
 
 
-def test_registry_matches_the_documented_choices():
+def test_registry_matches_the_schema_choices():
+    """Every `coarse.gold_source` the schema accepts (its choice enum, documented in
+    CoarseConf) has a registry entry, and nothing else does."""
+    from c2f_exp.coarse.config import GoldSource
     from c2f_exp.coarse.gold_rewards import SOURCES
-    from tests.helpers import CONF
 
-    assert set(SOURCES) == {"tinyworld_gold", "reward_model"}
-    text = (CONF / "coarse" / "tinyworld.yaml").read_text()
-    assert all(name in text for name in SOURCES)
+    assert set(SOURCES) == {"tinyworld_gold", "reward_model"} == set(GoldSource.values())
 
 
 # ---- the tiny world's gold source -----------------------------------------------------------
@@ -172,7 +185,7 @@ def test_tinyworld_source_scores_decoded_rollouts_against_their_animal(tmp_path)
     resp = torch.tensor([x + [tok.pad_token_id] * (width - len(x)) for x in ids])
     mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])
     ro = Rollout(resp[:, :1], mask[:, :1], resp, mask, torch.tensor([False, False]), width)
-    source = SOURCES["tinyworld_gold"].build(coarse_cfg(), tok, SimpleNamespace(), tmp_path)
+    source = SOURCES["tinyworld_gold"].build(coarse_conf(), tok, SimpleNamespace(), tmp_path)
     out = source([a["prompt"], b["prompt"]], ro)
     scorer = GoldScorer(world)
     want = [scorer.score(answers[0], a["entity"]), scorer.score(answers[1], b["entity"])]

@@ -37,12 +37,12 @@ def user_paths(real: dict) -> list[str]:
     ]
 
 
-def test_every_stage_key_resolves_on_the_7b_recipe(compose, real):
+def test_every_stage_key_resolves_on_the_7b_recipe(conf, real):
     """reward.dataset is `${data.hub.preference_dataset}`: the reward stage's cache key used to
     be built in a new config root, where that interpolation could not resolve."""
     from c2f_exp.pipeline import registry
 
-    cfg = compose(user_paths(real))
+    cfg = conf(user_paths(real))  # typed, as the pipeline hands it to the stages
     for name, stage in registry().items():
         sub = stage.config_subtree(cfg)
         json.dumps(sub, default=str)  # plain values all the way down
@@ -50,12 +50,12 @@ def test_every_stage_key_resolves_on_the_7b_recipe(compose, real):
             assert sub["reward"]["dataset"] == real["hh"]
 
 
-def test_distributed_enters_the_keys_of_trained_stages(compose, real):
+def test_distributed_enters_the_keys_of_trained_stages(conf, real):
     """A zero3 Coarse Actor or reward model is not reused for a one-process run (and back)."""
     from c2f_exp.pipeline import registry
 
-    one = compose([*user_paths(real), "distributed=none"])
-    z3 = compose(user_paths(real))  # the recipe's default: zero3
+    one = conf([*user_paths(real), "distributed=none"])
+    z3 = conf(user_paths(real))  # the recipe's default: zero3
     stages = registry()
     for name in ("reward", "coarse"):
         assert stages[name].config_subtree(one) != stages[name].config_subtree(z3), name

@@ -1,7 +1,8 @@
 """The tiny eval artifact (tests.helpers.eval.build_tiny_artifact, conftest's `tiny_artifact`)
 loads as the eval stage loads models.
 
-The builders (`build_tiny_artifact`, `eval_cfg`, `make_ctx`) live in tests/helpers/eval.py.
+The builders (`build_tiny_artifact`, `eval_root`, `eval_cfg`, `make_ctx`) live in
+tests/helpers/eval.py.
 """
 
 from __future__ import annotations

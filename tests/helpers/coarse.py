@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tests.helpers import CONF, MICRO
+from tests.helpers import MICRO, check, compose_root
 
 
 def coarse_cfg(
@@ -24,44 +24,36 @@ def coarse_cfg(
     distributed: str = "none",
     micro: bool = True,
 ) -> DictConfig:
-    """Root config with the coarse, length_schedule and distributed groups (as wired later)."""
-    from c2f_exp.coarse.config import CoarseConf, DistributedConf
-    from c2f_exp.coarse.schedule_config import LengthScheduleConf
+    """The root config with `length_schedule=<schedule>`, `distributed=<distributed>` and (with
+    `micro`) the micro coarse run's values, then `overrides` merged on top: a DictConfig (to
+    save, merge into); `check(...)` gives what the stage gets (`make_ctx` does that)."""
+    cfg = compose_root([f"length_schedule={schedule}", f"distributed={distributed}"])
+    micro_values = {
+        "model": {"arch": {"max_position_embeddings": 256}},
+        "coarse": {
+            "steps": 3,
+            "batch_size": 8,
+            "minibatch_size": 4,
+            "ppo_epochs": 2,
+            "eval_prompts": 4,
+            "checkpoint_every": 2,
+        },
+        "length_schedule": {"l_min": 8, "l_max": 24},
+    }
+    return OmegaConf.merge(cfg, micro_values if micro else {}, overrides or {})
+
+
+def coarse_conf(*args, **kwargs):
+    """`coarse_cfg(...)` checked as the pipeline checks it: the typed config (`C2FConfig`)."""
+    return check(coarse_cfg(*args, **kwargs))
+
+
+def load_cfg(path: Path | str):
+    """A config `OmegaConf.save`d by a test, merged into the schema and checked (the stage
+    driver in tests/coarse/test_coarse.py runs on it)."""
     from c2f_exp.config import C2FConfig
 
-    cfg = OmegaConf.merge(
-        OmegaConf.structured(C2FConfig),
-        {
-            "model": {"name": "tiny", "arch": {"max_position_embeddings": 256 if micro else 512}},
-            "data": {"name": "tinyworld"},
-            "tracker": {"backends": []},
-            "paths": {"root_dir": "/tmp", "output_dir": "/tmp", "cache_dir": "/tmp"},
-        },
-    )
-    OmegaConf.set_struct(cfg, False)
-    for key, cls, path in (
-        ("coarse", CoarseConf, "coarse/tinyworld"),
-        ("length_schedule", LengthScheduleConf, f"length_schedule/{schedule}"),
-        ("distributed", DistributedConf, f"distributed/{distributed}"),
-    ):
-        cfg[key] = OmegaConf.merge(
-            OmegaConf.structured(cls), OmegaConf.load(CONF / f"{path}.yaml")
-        )
-    use_micro, micro = (
-        micro,
-        {
-            "coarse": {
-                "steps": 3,
-                "batch_size": 8,
-                "minibatch_size": 4,
-                "ppo_epochs": 2,
-                "eval_prompts": 4,
-                "checkpoint_every": 2,
-            },
-            "length_schedule": {"l_min": 8, "l_max": 24},
-        },
-    )
-    return OmegaConf.merge(cfg, micro if use_micro else {}, overrides or {})
+    return check(OmegaConf.merge(OmegaConf.structured(C2FConfig), OmegaConf.load(path)))
 
 
 def build_micro_world(root: Path) -> dict:
@@ -93,10 +85,14 @@ def build_micro_world(root: Path) -> dict:
     return {"prepare": {"path": str(prep)}, "reward": {"path": str(root / "reward")}}
 
 
-def make_ctx(cfg: DictConfig, upstream: dict, run: Path, work: Path):
+def make_ctx(cfg, upstream: dict, run: Path, work: Path):
+    """A StageContext for the coarse stage. `cfg`: a DictConfig (checked here, as the pipeline
+    checks it) or the typed config (`C2FConfig`) itself."""
     from c2f_exp.core.tracking import Tracker
     from c2f_exp.stages import StageContext
 
+    if isinstance(cfg, DictConfig):
+        cfg = check(cfg)
     run.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     tracker = Tracker(OmegaConf.create({"backend": "none"}), run, {}, "test", "test")
@@ -126,9 +122,9 @@ def _trainer(
     from c2f_exp.coarse.gold_rewards import GoldMonitor
     from c2f_exp.coarse.length_schedules import build_schedule
     from c2f_exp.coarse.ppo import build_kl_controller
-    from c2f_exp.coarse.trainer import CoarseTrainer
+    from c2f_exp.coarse.trainer import CoarseTrainer, TrainerParts
 
-    cfg = coarse_cfg({"coarse": over or {}})
+    cfg = coarse_conf({"coarse": over or {}})
     c = cfg.coarse
     base = str(Path(micro["prepare"]["path"]) / "base")
     rm = str(Path(micro["reward"]["path"]) / "model")
@@ -150,20 +146,19 @@ def _trainer(
     ]
     logged: list[tuple[dict, int]] = []
     monitor = GoldMonitor(gold_source, c, lambda t: t) if gold_source else None
-    tr = CoarseTrainer(
-        c,
-        acc,
-        model,
-        cr.load_frozen(base, "causal", torch.float32),
-        reward_fn,
-        build_schedule(cfg.length_schedule),
-        build_kl_controller("fixed", c.kl_coef, None, 1),
-        tok,
-        [r["prompt"] for r in rows],
-        "<s> ",
-        tmp,
-        lambda m, s: logged.append((m, s)),
-        0,
+    parts = TrainerParts(
+        accelerator=acc,
+        model=model,
+        ref_model=cr.load_frozen(base, "causal", torch.float32),
+        reward_fn=reward_fn,
+        schedule=build_schedule(cfg.length_schedule),
+        kl_ctl=build_kl_controller("fixed", c.kl_coef, None, 1),
+        tok=tok,
+        prompts=[r["prompt"] for r in rows],
+        prefix="<s> ",
+        work_dir=tmp,
+        log_fn=lambda m, s: logged.append((m, s)),
+        seed=0,
         monitor=monitor,
     )
-    return tr, tok, logged
+    return CoarseTrainer(c, parts), tok, logged

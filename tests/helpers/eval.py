@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
-from tests.helpers import CONF, MICRO
+from tests.helpers import CONF, MICRO, check, compose_root
 
 
 def _jsonl(path: Path, rows: list[dict]) -> None:
@@ -47,33 +47,42 @@ def build_tiny_artifact(root: Path, n_entities: int = 6) -> Path:
     return root
 
 
-def eval_cfg(overrides: dict | None = None, group: str = "tinyworld"):
-    """Root-like config with `eval` from conf/eval/<group>.yaml merged into `EvalConf`."""
-    from c2f_exp.evaluation.config import EvalConf
+def eval_root(overrides: dict | None = None, group: str = "tinyworld", hub: bool | None = None):
+    """The root DictConfig of a `stages=[prepare,eval]` run with `eval=<group>`, then the dotted
+    `overrides` set (`{"eval.lm_eval.limit": 3}`; a bad choice fails here, naming the key).
 
-    ev = OmegaConf.merge(
-        OmegaConf.structured(EvalConf), OmegaConf.load(CONF / "eval" / f"{group}.yaml")
-    )
-    cfg = OmegaConf.create(
-        {
-            "seed": 0,
-            "stages": ["prepare", "eval"],
-            "data": {"source": "tinyworld"},
-            "model": {"base": {"path": None}, "instruct": {"path": None}},
-        }
-    )
-    with open_dict(cfg):
-        cfg.eval = ev
+    `hub`: compose the hub run (`+experiment=mistral_c2f`: hub models and data), as a group
+    on FastChat's questions needs (general11); default: whether `group` is one."""
+    if hub is None:
+        from c2f_exp.evaluation.config import EvalConf
+
+        ev = OmegaConf.merge(
+            OmegaConf.structured(EvalConf), OmegaConf.load(CONF / "eval" / f"{group}.yaml")
+        )
+        hub = ev.mt_bench.source == "fastchat"
+    run = ["+experiment=mistral_c2f"] if hub else []
+    cfg = compose_root([*run, f"eval={group}", "stages=[prepare,eval]"])
     for key, value in (overrides or {}).items():
         OmegaConf.update(cfg, key, value, merge=False)
     return cfg
 
 
+def eval_cfg(overrides: dict | None = None, group: str = "tinyworld", hub: bool | None = None):
+    """The typed config (`C2FConfig`) the eval stage gets: `eval_root` checked as the pipeline
+    checks it (`tests.helpers.check`: class rules, then the rules between groups)."""
+    return check(eval_root(overrides, group, hub))
+
+
 def make_ctx(cfg, artifact: Path, tmp: Path, upstream: dict | None = None):
-    """A StageContext as the pipeline builds it, with the prepare artifact upstream."""
+    """A StageContext as the pipeline builds it (`cfg`: the typed config, as `eval_cfg` gives),
+    with the prepare artifact upstream."""
+    from omegaconf import DictConfig
+
     from c2f_exp.core.tracking import Tracker
     from c2f_exp.stages import StageContext
 
+    if isinstance(cfg, DictConfig):  # stages get the typed config, never a DictConfig
+        cfg = check(cfg)
     run = tmp / "run"
     tracker = Tracker(OmegaConf.create({"backend": "none", "mode": "disabled"}), run, {}, "g", "n")
     tracker.stage("eval", run / "eval")

@@ -12,15 +12,15 @@ import json
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 
 from c2f_exp.core import artifacts
 from c2f_exp.core.tracking import Tracker
 from c2f_exp.merge import io
-from c2f_exp.merge.config import MergerConf
 from c2f_exp.merge.stage import MergeStage
 from c2f_exp.stages import StageContext
+from tests.helpers import check, compose_root
 
 ROLES = ("base", "instruct", "coarse")
 
@@ -109,22 +109,19 @@ def load_dir(path) -> dict[str, torch.Tensor]:
     return {n: md.flat(n).reshape(md.tensors[n].shape).clone() for n in md.tensors}
 
 
-def make_cfg(stages=("merge",), **merger):
-    node = OmegaConf.merge(OmegaConf.structured(MergerConf), merger)
-    return OmegaConf.create(
-        {
-            "stages": list(stages),
-            "merger": node,
-            "model": {
-                "base": {"path": None, "revision": None},
-                "instruct": {"path": None, "revision": None},
-            },
-        }
-    )
+def make_cfg(stages=("merge",), root=None, **merger):
+    """The typed root config (`check`: what the pipeline hands the stages) of a run with these
+    `stages` and `merger` values; `root` (a dict) is merged at the top, e.g. `paths`."""
+    cfg = compose_root([f"stages=[{','.join(stages)}]"])
+    cfg = OmegaConf.merge(cfg, root or {}, {"merger": merger})
+    return check(cfg)
 
 
 def run_stage(cfg, tmp: Path, upstream=None):
-    """preflight, then run into an atomic artifact dir the way pipeline._run_stage does."""
+    """preflight, then run into an atomic artifact dir the way pipeline._run_stage does.
+    `cfg`: the typed config (`make_cfg`); a DictConfig is checked first, as the pipeline does."""
+    if isinstance(cfg, DictConfig):
+        cfg = check(cfg)
     stage = MergeStage()
     stage.preflight(cfg)
     tracker = Tracker(OmegaConf.create({"backend": "none", "mode": "disabled"}), tmp, {}, "g", "n")

@@ -8,15 +8,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from c2f_exp.config import register
 from c2f_exp.core.tracking import Tracker
-from c2f_exp.reward.config import RewardConf
 from c2f_exp.reward.stage import RewardStage
 from c2f_exp.stages import StageContext
-from tests.helpers import CONF, MICRO
+from tests.helpers import MICRO, check, compose_root
 
 MICRO_ARCH = OmegaConf.create(MICRO)
 SMALL = {
@@ -58,23 +55,22 @@ def _micro_world(root: Path, seed: int = 0, words: tuple[str, ...] = ()) -> Path
     return root
 
 
+def _compose(reward: str = "tinyworld", overrides: list[str] | None = None, **reward_over):
+    """The root DictConfig `python -m c2f_exp reward=<reward> <overrides>` composes, with
+    `reward_over` merged into its `reward` group (a bad choice fails here, as at composition)."""
+    cfg = compose_root([f"reward={reward}", *(overrides or [])])
+    return OmegaConf.merge(cfg, {"reward": reward_over}) if reward_over else cfg
+
+
 def _cfg(reward: str = "tinyworld", overrides: list[str] | None = None, **reward_over):
-    """Root config with the `reward` group (merged in directly until it is wired)."""
-    register()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["tracker=none", *(overrides or [])])
-    OmegaConf.set_struct(cfg, False)
-    node = OmegaConf.merge(
-        OmegaConf.structured(RewardConf),
-        OmegaConf.load(CONF / "reward" / f"{reward}.yaml"),
-        reward_over,
-    )
-    cfg.reward = node
-    return cfg
+    """The typed config the reward stage gets (`check`: every rule the pipeline runs before
+    any stage) for `_compose(reward, overrides, **reward_over)`."""
+    return check(_compose(reward, overrides, **reward_over))
 
 
 def _ctx(cfg, tmp: Path, prep: Path | None) -> StageContext:
-    tracker = Tracker(cfg.tracker, tmp, {}, group="t", name="t")
+    # the pipeline builds its Tracker from the composed (DictConfig) tracker node
+    tracker = Tracker(OmegaConf.structured(cfg.tracker), tmp, {}, group="t", name="t")
     tracker.stage("reward", tmp / "reward")
     up = {"prepare": {"path": str(prep), "config_hash": "x"}} if prep else {}
     return StageContext(cfg, tmp, tmp / "reward", tmp / "work", tracker, up)

@@ -19,7 +19,7 @@ from c2f_exp.merge import methods, output
 from c2f_exp.merge.config import MergerConf
 from c2f_exp.merge.stage import RECIPE, MergeStage
 from tests.conftest import tiny_mistral_config
-from tests.helpers import CONF
+from tests.helpers import CONF, check, compose_root
 from tests.helpers.merge import TINY, load_dir, make_cfg, run_stage, tiny_mistral_state
 
 
@@ -34,7 +34,9 @@ def test_conf_files_fit_schema_and_validate(name):
         OmegaConf.structured(MergerConf), OmegaConf.load(CONF / "merger" / f"{name}.yaml")
     )
     assert node.method == name
-    mconfig.validate_merger(node)
+    m = OmegaConf.to_object(node)  # runs MergerConf.__post_init__
+    assert isinstance(m, MergerConf) and m.method == name
+    assert check(compose_root(["stages=[merge]", f"merger={name}"])).merger.method == name
 
 
 def test_run_writes_model_recipe_and_card(trio, tmp_path):
@@ -199,8 +201,8 @@ def test_output_never_replaces_the_cache_a_run_dir_or_an_input(trio, tmp_path):
     (mine / "notes.txt").write_text("precious")
 
     def cfg(dest):
-        c = make_cfg(output=str(dest), overwrite=True, **trio)
-        return OmegaConf.merge(c, {"paths": {"cache_dir": str(cache)}})
+        root = {"paths": {"cache_dir": str(cache)}}
+        return make_cfg(root=root, output=str(dest), overwrite=True, **trio)
 
     cases = {
         cache: "is paths.cache_dir",

@@ -10,9 +10,10 @@ import torch
 
 from c2f_exp.core.errors import ConfigError
 from c2f_exp.merge import methods
-from c2f_exp.merge.config import MergerConf, check_coefficient_length, parse_size, validate_merger
+from c2f_exp.merge.config import MergerConf, check_coefficient_length, parse_size
 from c2f_exp.merge.methods import Params, coefficient_for, dare_keep, merge_tensor
 from c2f_exp.merge.stream import merge_models
+from tests.helpers import check, compose_root
 from tests.helpers.merge import build_trio, load_dir
 
 FILTERS = [
@@ -176,29 +177,48 @@ def test_bad_merger_choice_fails_when_the_config_is_built(field, value):
         node[field] = value
 
 
-@pytest.mark.parametrize(
-    "field,value,needle",
-    [
-        ("density", 0.0, "merger.density"),
-        ("drop_p", 1.0, "merger.drop_p"),
-        ("coefficient", "abc", "merger.coefficient"),
-        ("coefficient", [], "merger.coefficient"),
-        ("shard_size", "lots", "merger.shard_size"),
-        ("module_overrides", {"mlp": "x"}, "merger.module_overrides.mlp"),
-    ],
-)
-def test_validate_merger_names_bad_key(field, value, needle):
+BAD_VALUES = [
+    ("density", 0.0, "density"),
+    ("drop_p", 1.0, "drop_p"),
+    ("coefficient", "abc", "coefficient"),
+    ("coefficient", [], "coefficient"),
+    ("shard_size", "lots", "shard_size"),
+    ("module_overrides", {"mlp": "x"}, "module_overrides.mlp"),
+]
+
+
+@pytest.mark.parametrize("field,value,needle", BAD_VALUES)
+def test_merger_conf_names_bad_key(field, value, needle):
+    """Built directly, `MergerConf` refuses the value naming its key relative to the class."""
     with pytest.raises(ConfigError) as e:
-        validate_merger(MergerConf(**{field: value}))
-    assert needle in str(e.value) and "\n" not in str(e.value)
+        MergerConf(**{field: value})
+    msg = str(e.value)
+    assert msg.startswith(needle + " ") and "\n" not in msg
 
 
-def test_validate_merger_cross_field_rules():
-    validate_merger(MergerConf())
-    with pytest.raises(ConfigError, match=r"merger.filter"):
-        validate_merger(MergerConf(method="ties", filter="dare"))
-    with pytest.raises(ConfigError, match=r"merger.coefficient.*linear"):
-        validate_merger(MergerConf(method="linear", coefficient=1.5))
+@pytest.mark.parametrize("field,value,needle", BAD_VALUES)
+def test_bad_merger_value_named_with_full_key_before_any_stage(field, value, needle):
+    """Through the pipeline's check (`config.validate`) the key is named from the root."""
+    cfg = compose_root(["stages=[merge]"])
+    cfg.merger[field] = value
+    with pytest.raises(ConfigError) as e:
+        check(cfg)
+    msg = str(e.value)
+    assert f"merger.{needle}" in msg and "\n" not in msg
+
+
+def test_merger_conf_cross_field_rules():
+    MergerConf()
+    with pytest.raises(ConfigError, match=r"^filter .*method=ties"):
+        MergerConf(method="ties", filter="dare")
+    with pytest.raises(ConfigError, match=r"^coefficient.*linear"):
+        MergerConf(method="linear", coefficient=1.5)
+    for overrides, key in (
+        (["merger=ties", "merger.filter=dare"], r"merger\.filter"),
+        (["merger=linear", "merger.coefficient=1.5"], r"merger\.coefficient.*linear"),
+    ):
+        with pytest.raises(ConfigError, match=key):
+            check(compose_root(["stages=[merge]", *overrides]))
     with pytest.raises(ConfigError, match=r"at most 2 values"):
         check_coefficient_length([0.1, 0.2, 0.3], 2)
     check_coefficient_length([0.1, 0.2], 2)

@@ -136,7 +136,7 @@ def test_a_knowledge_head_needs_the_tiny_world():
     with pytest.raises(
         ConfigError, match=r"reward\.knowledge\.enabled must be false for reward\.source=hub"
     ):
-        RewardStage().preflight(_cfg("hh_rlhf", dataset="/data/hh", knowledge={"enabled": True}))
+        _cfg("hh_rlhf", dataset="/data/hh", knowledge={"enabled": True})  # `check` names it
     # with reward.path nothing is trained: the knowledge switch is not in the way
     with pytest.raises(ConfigError, match=r"reward\.path=/nonexistent"):
         RewardStage().preflight(_cfg(path="/nonexistent", knowledge={"enabled": True}))

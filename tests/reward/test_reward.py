@@ -7,15 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from c2f_exp.core.errors import C2FError, ConfigError
 from c2f_exp.reward import model as rmod
 from c2f_exp.reward import preferences as prefs
-from c2f_exp.reward.config import RewardTrainConf, validate_reward
 from c2f_exp.reward.stage import RewardStage, score_texts
-from tests.helpers import CONF
-from tests.helpers.reward import SMALL, _cfg, _ctx, _jsonl, _micro_world, _run
+from tests.helpers import check
+from tests.helpers.reward import SMALL, _cfg, _compose, _ctx, _jsonl, _micro_world, _run
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +51,7 @@ def test_training_fits_the_training_pairs(micro, tmp_path):
     pairs = [json.loads(x) for x in (micro / "data" / "preferences_train.jsonl").open()]
     model, tok = rmod.init_reward_model(str(micro / "base"), "plain", 0)
     before = rmod.pairwise_accuracy(model, tok, pairs, "plain")
-    tcfg = OmegaConf.merge(
-        OmegaConf.structured(RewardTrainConf),
-        OmegaConf.load(CONF / "reward" / "tinyworld.yaml").train,
-        {"epochs": 8, "batch_size": 4, "lr": 3e-3},
-    )
+    tcfg = _cfg(train={"epochs": 8, "batch_size": 4, "lr": 3e-3}).reward.train  # typed
     hist = rmod.train_reward_model(model, tok, pairs, "plain", tcfg, tmp_path, 0)
     after = rmod.pairwise_accuracy(model, tok, pairs, "plain")
     assert hist[-1]["train_loss"] < 0.6  # below log 2 = 0.69, the loss of a constant score
@@ -288,8 +282,23 @@ def test_hh_rlhf_offline_fails_in_preflight(monkeypatch):
         ({"source": "web"}, "reward.source"),
         ({"format": "xml"}, "reward.format"),
         ({"init": "coarse"}, "reward.init"),
-        ({"train": {"lr": 0.0}}, "reward.train.lr"),
-        ({"train": {"batch_size": 0}}, "reward.train.batch_size"),
+    ],
+)
+def test_bad_reward_choices_are_named_at_composition(over, needle):
+    """Choice fields (enums) fail where the value is merged in, as on the command line."""
+    from c2f_exp.cli_errors import one_line
+
+    with pytest.raises(Exception) as e:
+        _compose(**over)
+    msg = one_line(e.value)
+    assert msg is not None and msg.startswith(f"{needle} must be one of") and "\n" not in msg
+
+
+@pytest.mark.parametrize(
+    "over, needle",
+    [
+        ({"train": {"lr": 0.0}}, "reward.train.lr must be > 0"),
+        ({"train": {"batch_size": 0}}, "reward.train.batch_size must be > 0"),
         ({"gold": {"samples_per_prompt": 1}}, "reward.gold.samples_per_prompt"),
         (
             {
@@ -297,6 +306,7 @@ def test_hh_rlhf_offline_fails_in_preflight(monkeypatch):
                 "dataset": None,
                 "gold": {"enabled": False},
                 "onpolicy": {"enabled": False},
+                "knowledge": {"enabled": False},  # else named first: the group's own rule
             },
             "reward.dataset",
         ),
@@ -305,10 +315,10 @@ def test_hh_rlhf_offline_fails_in_preflight(monkeypatch):
 )
 def test_bad_reward_values_are_named(over, needle):
     with pytest.raises(ConfigError) as e:
-        validate_reward(_cfg(**over))
+        check(_compose(**over))
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
 def test_tiny_reward_with_hub_models_is_refused():
     with pytest.raises(ConfigError, match=r"reward\.source"):
-        validate_reward(_cfg("tinyworld", ["+experiment=mistral_c2f"]))
+        check(_compose("tinyworld", ["+experiment=mistral_c2f"]))

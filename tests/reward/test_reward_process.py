@@ -6,17 +6,16 @@ import random
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from c2f_exp.core.errors import ConfigError
 from c2f_exp.reward import defects as dfx
 from c2f_exp.reward import model as rmod
 from c2f_exp.reward.config import RewardArchConf, RewardTrainConf
 from c2f_exp.reward.process import label, segment_loss, train_process
-from c2f_exp.reward.stage import RewardStage
 from c2f_exp.tinyworld.scorer import GoldScorer
 from c2f_exp.tinyworld.world import World
-from tests.helpers.reward import MICRO_ARCH, SMALL, _cfg, _micro_world, _run
+from tests.helpers import check
+from tests.helpers.reward import MICRO_ARCH, SMALL, _cfg, _compose, _micro_world, _run
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +71,7 @@ def test_process_training_learns_to_count_facts(micro, world):
             text = _answer(w, e, rng.sample(attrs, n))
             rows.append(label(tok, scorer, f"tell me about the {e} .", text, e))
             eval_sets.append((f"tell me about the {e} .", text, n))
-    tcfg = OmegaConf.merge(
-        OmegaConf.structured(RewardTrainConf), {"epochs": 30, "batch_size": 8, "lr": 3e-3}
-    )
+    tcfg = RewardTrainConf(epochs=30, batch_size=8, lr=3e-3)  # typed, as the stage hands it on
     hist = train_process(model, rows, tok.pad_token_id, tcfg, 0)
     assert hist[-1]["loss"] < 0.5 * hist[0]["loss"]
     ps, ts, ns = zip(*eval_sets, strict=True)
@@ -115,7 +112,7 @@ def test_defect_pairs_come_in_equal_shares_and_agreement_by_hand(world):
 
 def test_a_deeper_reward_model_starts_as_the_init_model(micro):
     last, tok = rmod.init_reward_model(str(micro / "base"), "plain", 0)
-    arch = OmegaConf.structured(RewardArchConf(**{**_micro_arch(), "num_layers": 4}))
+    arch = RewardArchConf(**{**_micro_arch(), "num_layers": 4})  # typed, as the stage hands it on
     deep, _ = rmod.init_reward_model(str(micro / "base"), "plain", 0, arch=arch)
     assert deep.config.num_hidden_layers == 4 == 2 * last.config.num_hidden_layers
     ids = [rmod.encode(tok, "tell me about the x .", "the x moves slowly .", "plain")]
@@ -165,7 +162,6 @@ def test_two_rounds_and_a_grown_model_train_and_feed_the_critic(micro, tmp_path)
             },
             "reward.rounds",
         ),
-        ({"objective": "dpo"}, "reward.objective"),
         ({"format": "chat", "objective": "process"}, "reward.format"),
         ({"arch": {"hidden_size": 130}}, "reward.arch.hidden_size"),
         ({"arch": {"num_kv_heads": 3}}, "reward.arch.num_kv_heads"),
@@ -183,8 +179,18 @@ def test_two_rounds_and_a_grown_model_train_and_feed_the_critic(micro, tmp_path)
         ),
     ],
 )
-def test_bad_recipe_values_are_named_at_preflight(over, needle):
-    cfg = _cfg(**over)
+def test_bad_recipe_values_are_named_before_any_stage(over, needle):
+    """The group's rules and those against model.arch: `check`, as the pipeline runs them."""
     with pytest.raises(ConfigError) as e:
-        RewardStage().preflight(cfg)
+        check(_compose(**over))
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_bad_objective_is_named_at_composition():
+    """A choice (enum) fails where the value is merged in, as on the command line."""
+    from c2f_exp.cli_errors import one_line
+
+    with pytest.raises(Exception) as e:
+        _compose(objective="dpo")
+    msg = one_line(e.value)
+    assert msg is not None and msg.startswith("reward.objective must be one of")
