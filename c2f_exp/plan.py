@@ -15,7 +15,11 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from c2f_exp.coarse.config import DistributedConf
+    from c2f_exp.config import C2FConfig
 
 log = logging.getLogger(__name__)
 GiB = 1024**3
@@ -69,7 +73,7 @@ def count_rows(ref: str, split: str) -> int | None:
     return n
 
 
-def model_states_gib(params: int, largest: int, d: Any, n_gpus: int) -> float:
+def model_states_gib(params: int, largest: int, d: DistributedConf, n_gpus: int) -> float:
     """Per-GPU memory of trainable model states (fp32 master + Adam + bf16 weights and
     gradients) under `distributed`, from DeepSpeed's estimators (no offload)."""
     if str(d.backend) == "deepspeed" and d.zero_stage == 3:
@@ -89,7 +93,7 @@ def model_states_gib(params: int, largest: int, d: Any, n_gpus: int) -> float:
     return 18 * params / GiB  # replicated: the same 18 bytes per parameter on every GPU
 
 
-def build_plan(cfg: Any) -> dict[str, Any]:
+def build_plan(cfg: C2FConfig) -> dict[str, Any]:
     """The plan as data (printed by `print_plan`)."""
     from c2f_exp.coarse.schedule_config import max_limit
     from c2f_exp.core import hub
@@ -156,7 +160,7 @@ def build_plan(cfg: Any) -> dict[str, Any]:
     return plan
 
 
-def print_plan(cfg: Any) -> dict[str, Any]:
+def print_plan(cfg: C2FConfig) -> dict[str, Any]:
     from c2f_exp.core.secrets import redact_text
 
     plan = build_plan(cfg)

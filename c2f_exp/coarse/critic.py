@@ -15,10 +15,13 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from c2f_exp.coarse.config import CoarseConf, DistributedConf
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +133,9 @@ def load_frozen(path: str, kind: str, dtype: torch.dtype) -> nn.Module:
     return model.eval()
 
 
-def build_models(acc: Any, base: str, rm_ref: str, c: Any) -> tuple[ActorCritic, Any, Any, Any]:
+def build_models(
+    acc: Any, base: str, rm_ref: str, c: CoarseConf
+) -> tuple[ActorCritic, Any, Any, Any]:
     """Policy+critic (trainable), frozen reference (= base) and frozen reward model + tokenizer.
 
     Under ZeRO-3 the frozen models are sharded too (TRL's `prepare_deepspeed`); otherwise they
@@ -158,7 +163,7 @@ def build_models(acc: Any, base: str, rm_ref: str, c: Any) -> tuple[ActorCritic,
     return model, ref.to(acc.device), rm.to(acc.device), rm_tok
 
 
-def build_optimizer(model: ActorCritic, c: Any) -> torch.optim.Optimizer:
+def build_optimizer(model: ActorCritic, c: CoarseConf) -> torch.optim.Optimizer:
     """AdamW with one parameter group for the policy and one for the critic (own lr each)."""
     groups = [
         {"params": [p for p in part.parameters() if p.requires_grad], "lr": lr}
@@ -167,7 +172,7 @@ def build_optimizer(model: ActorCritic, c: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, eps=c.adam_eps, weight_decay=0.0)
 
 
-def build_accelerator(d: Any, c: Any) -> Any:
+def build_accelerator(d: DistributedConf | None, c: Any) -> Any:
     """An `Accelerator` for `distributed` config `d` (None: plain) and coarse config `c`.
 
     Under `accelerate launch --use_deepspeed --zero_stage N` the launcher's stage must match

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from c2f_exp.coarse.config import RolloutEngine
 from c2f_exp.coarse.rollout import Rollout, generate
 from c2f_exp.core.errors import C2FError
+
+if TYPE_CHECKING:
+    from c2f_exp.coarse.config import CoarseConf
 
 log = logging.getLogger(__name__)
 ENGINES = RolloutEngine.values()  # ("hf", "vllm")
@@ -50,7 +53,7 @@ def check_engine(engine: str) -> None:
 class HFEngine:
     """Our own sampler (`rollout.generate`) on the policy module itself."""
 
-    def __init__(self, c: Any):
+    def __init__(self, c: CoarseConf):
         self.c, r = c, c.rollout
         self.lean, self.reuse_logprobs = r.lean_decode, r.reuse_logprobs
         self.stop: list[list[int]] = []  # token sequences that end a row (the turn marker)
@@ -151,7 +154,7 @@ class VLLMEngine:
         return Rollout(ids, mask, resp.to(dev), resp_mask.to(dev), trunc, limit)
 
 
-def build_engine(c: Any, policy_dir: str, seed: int) -> HFEngine | VLLMEngine:
+def build_engine(c: CoarseConf, policy_dir: str, seed: int) -> HFEngine | VLLMEngine:
     """The engine `coarse.rollout.engine` names (vllm: an `LLM` built from `policy_dir`)."""
     if c.rollout.engine == "hf":
         return HFEngine(c)

@@ -16,13 +16,16 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from c2f_exp.coarse import ppo
 from c2f_exp.coarse.rollout import Rollout, position_ids
 from c2f_exp.core.errors import C2FError
+
+if TYPE_CHECKING:
+    from c2f_exp.coarse.config import CoarseConf
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +161,7 @@ def make_experience(
     ref_model,
     rollout: Rollout,
     scores: torch.Tensor,
-    c: Any,
+    c: CoarseConf,
     kl_coef: float,
     head: Any = None,
 ) -> Experience:

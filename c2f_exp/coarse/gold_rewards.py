@@ -27,6 +27,8 @@ from c2f_exp.core.errors import bad_value
 if TYPE_CHECKING:
     import torch
 
+    from c2f_exp.coarse.config import CoarseConf
+
 log = logging.getLogger(__name__)
 GoldSource = Callable[[list, Any], dict[str, Any]]  # (prompts, rollout) -> {key: (B,) tensor}
 FIX_OFF = "or coarse.gold_every=0 to turn the monitor off"
@@ -125,7 +127,7 @@ class GoldMonitor:
     process, so each process computes the same row and the same stop decision.
     """
 
-    def __init__(self, source: GoldSource, c: Any, gather: Callable[[torch.Tensor], Any]):
+    def __init__(self, source: GoldSource, c: CoarseConf, gather: Callable[[torch.Tensor], Any]):
         self.source, self.gather = source, gather
         self.every, self.last, self.early_stop = c.gold_every, c.steps - 1, c.early_stop_on_gold
         self.window, self.min_drop = c.gold_window, c.gold_min_drop

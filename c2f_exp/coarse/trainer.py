@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -39,6 +39,9 @@ from c2f_exp.coarse.rollout import encode_prompts
 from c2f_exp.coarse.update import Head, head_forward, ppo_update
 from c2f_exp.core.artifacts import write_json_atomic
 from c2f_exp.core.errors import C2FError
+
+if TYPE_CHECKING:
+    from c2f_exp.coarse.config import CoarseConf
 
 log = logging.getLogger(__name__)
 STATE = "trainer_state.json"
@@ -88,7 +91,7 @@ class CoarseTrainer:
     what the reward model reads, default the same), configured by `c` (the `coarse` config).
     `parts.log_fn(metrics, step)` runs on the main process only."""
 
-    def __init__(self, c: Any, parts: TrainerParts):
+    def __init__(self, c: CoarseConf, parts: TrainerParts):
         p = parts
         self.c, self.acc, self.ref, self.reward_fn = c, p.accelerator, p.ref_model, p.reward_fn
         self.schedule, self.kl_ctl, self.tok, self.prompts = p.schedule, p.kl_ctl, p.tok, p.prompts

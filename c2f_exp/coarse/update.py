@@ -13,12 +13,15 @@ forward and backward.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from c2f_exp.coarse import ppo
 from c2f_exp.coarse.rollout import Rollout, position_ids
+
+if TYPE_CHECKING:
+    from c2f_exp.coarse.config import CoarseConf
 
 LOSS_KEYS = ("pg_loss", "vf_loss", "clipfrac", "vf_clipfrac", "approx_kl", "entropy")
 
@@ -47,7 +50,7 @@ def head_forward(model, rollout: Rollout, rows: torch.Tensor) -> Head:
 
 
 def ppo_update(
-    model, opt, acc, exp: Any, c: Any, mb: int, perm0=None, head: Head | None = None
+    model, opt, acc, exp: Any, c: CoarseConf, mb: int, perm0=None, head: Head | None = None
 ) -> dict[str, float]:
     """Minibatch PPO steps (clipped policy and value losses, one optimizer). Returns mean stats.
 

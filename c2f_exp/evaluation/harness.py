@@ -14,11 +14,14 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from c2f_exp.core import hub
 from c2f_exp.core.errors import ConfigError
 from c2f_exp.evaluation.config import TINYWORLD_TASKS
+
+if TYPE_CHECKING:
+    from c2f_exp.evaluation.config import LmEvalConf
 
 log = logging.getLogger(__name__)
 _BUILDERS = ("json", "csv", "parquet", "text", "arrow")
@@ -158,7 +161,7 @@ def evaluate(
     tok: Any,
     chat: bool,
     tasks: list[str],
-    lcfg: Any,
+    lcfg: LmEvalConf,
     tm: Any,
     samples_dir: Path | None = None,
     seed: int = 0,

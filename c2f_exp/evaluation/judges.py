@@ -19,11 +19,14 @@ import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from c2f_exp.core import layout
 from c2f_exp.evaluation.clients import ChatClient, JudgeUnavailable
 from c2f_exp.evaluation.verdicts import Judge, Judgment, Match  # re-exported for callers
+
+if TYPE_CHECKING:
+    from c2f_exp.evaluation.config import JudgeConf
 
 log = logging.getLogger(__name__)
 _RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
@@ -44,7 +47,7 @@ def extract_rating(text: str, lo: float = 1.0, hi: float = 10.0) -> float | None
 class LLMJudge:
     """A chat model grading with FastChat's single-answer prompts."""
 
-    def __init__(self, name: str, client: ChatClient, prompts: dict[str, dict], jcfg: Any):
+    def __init__(self, name: str, client: ChatClient, prompts: dict[str, dict], jcfg: JudgeConf):
         self.name, self.client, self.prompts, self.cfg = name, client, prompts, jcfg
         self.ref_cats = set(jcfg.reference_categories)
         missing = {"single-v1", "single-v1-multi-turn"} - set(prompts)
@@ -152,7 +155,7 @@ class RewardModelJudge:
     def __init__(
         self,
         path: str,
-        jcfg: Any,
+        jcfg: JudgeConf,
         device: str = "auto",
         calibration_pairs: list[dict] | None = None,
         batch_size: int = 16,
@@ -195,7 +198,7 @@ def registry() -> dict[str, JudgeFactory]:
     from c2f_exp.evaluation.clients import HFChatClient, OpenAICompatibleClient
     from c2f_exp.evaluation.gold_judge import GoldJudge
 
-    def openai_compatible(jcfg: Any, prompts: dict, **_: Any) -> Judge:
+    def openai_compatible(jcfg: JudgeConf, prompts: dict, **_: Any) -> Judge:
         client = OpenAICompatibleClient(
             jcfg.base_url,
             jcfg.model,
@@ -206,12 +209,12 @@ def registry() -> dict[str, JudgeFactory]:
         )
         return LLMJudge(jcfg.model.replace("/", "--"), client, prompts, jcfg)
 
-    def hf_local(jcfg: Any, prompts: dict, device: str = "auto", **_: Any) -> Judge:
+    def hf_local(jcfg: JudgeConf, prompts: dict, device: str = "auto", **_: Any) -> Judge:
         client = HFChatClient(jcfg.model, jcfg.dtype, device)
         return LLMJudge(Path(jcfg.model).name, client, prompts, jcfg)
 
     def reward_model(
-        jcfg: Any,
+        jcfg: JudgeConf,
         reward_path: str,
         device: str = "auto",
         calibration_pairs: list[dict] | None = None,
@@ -219,7 +222,7 @@ def registry() -> dict[str, JudgeFactory]:
     ) -> Judge:
         return RewardModelJudge(reward_path, jcfg, device, calibration_pairs)
 
-    def tinyworld_gold(jcfg: Any, world_path: str, **_: Any) -> Judge:
+    def tinyworld_gold(jcfg: JudgeConf, world_path: str, **_: Any) -> Judge:
         return GoldJudge(world_path)
 
     return {
@@ -233,7 +236,7 @@ def registry() -> dict[str, JudgeFactory]:
 LLM_JUDGES = ("openai_compatible", "hf_local")
 
 
-def _reward_path(jcfg: Any, upstream: dict[str, dict]) -> str:
+def _reward_path(jcfg: JudgeConf, upstream: dict[str, dict]) -> str:
     """`judge.model`, else the reward stage's model (its resolver: `model/` or a hub ref)."""
     if jcfg.model:
         return jcfg.model
@@ -242,7 +245,7 @@ def _reward_path(jcfg: Any, upstream: dict[str, dict]) -> str:
     return reward_model_ref(Path(upstream["reward"]["path"]))
 
 
-def preflight(jcfg: Any, stages: list[str]) -> None:
+def preflight(jcfg: JudgeConf, stages: list[str]) -> None:
     """Cheap checks of the judge before any model loads (key present, server/model reachable)."""
     from c2f_exp.core import hub
     from c2f_exp.core.errors import ConfigError
@@ -289,7 +292,7 @@ def preflight(jcfg: Any, stages: list[str]) -> None:
 
 
 def build(
-    jcfg: Any,
+    jcfg: JudgeConf,
     prompts: dict | None,
     prepare_dir: str | None,
     upstream: dict[str, dict],

@@ -15,10 +15,13 @@ import logging
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from c2f_exp.evaluation.mt_bench_data import write_jsonl
 from c2f_exp.evaluation.verdicts import Judge, Match
+
+if TYPE_CHECKING:
+    from c2f_exp.evaluation.config import MTBenchConf
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +102,13 @@ def generate(
 
 
 def answer_questions(
-    model: Any, tok: Any, name: str, questions: list[dict], chat: bool, mcfg: Any, seed: int = 0
+    model: Any,
+    tok: Any,
+    name: str,
+    questions: list[dict],
+    chat: bool,
+    mcfg: MTBenchConf,
+    seed: int = 0,
 ) -> list[dict]:
     """Two-turn answers (turn 2 sees turn 1's answer) at FastChat's per-category temperature."""
     temps = {

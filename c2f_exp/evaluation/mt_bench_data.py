@@ -16,12 +16,15 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from c2f_exp.core import layout
 from c2f_exp.core.errors import ConfigError
 from c2f_exp.core.layout import read_jsonl, write_jsonl  # noqa: F401  (re-exported: runner, mt_bench)
 from c2f_exp.sources import get_source
+
+if TYPE_CHECKING:
+    from c2f_exp.evaluation.config import MTBenchConf
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +105,7 @@ def _check_unique_ids(path: str | Path, key: str) -> None:
         first[qid] = i
 
 
-def _gold_judge(mcfg: Any) -> bool:
+def _gold_judge(mcfg: MTBenchConf) -> bool:
     """True when the tinyworld_gold judge will grade the questions."""
     src = get_source(mcfg.source, "eval.mt_bench.source")
     return bool(mcfg.enabled) and mcfg.judge.type == "tinyworld_gold" and src.has_gold_scorer
@@ -126,7 +129,7 @@ def _offline() -> bool:
     )
 
 
-def locate(mcfg: Any, what: str, download: bool = True) -> str:
+def locate(mcfg: MTBenchConf, what: str, download: bool = True) -> str:
     """Path of MT-Bench file `what` (question | judge_prompts | reference), per the order above.
 
     With `download=False` (preflight) the hub is only probed; the returned string is then the hub
@@ -182,7 +185,7 @@ class MTBenchData:
     source: str  # where the questions came from
 
 
-def load_data(mcfg: Any, prepare_dir: str | None, need_prompts: bool) -> MTBenchData:
+def load_data(mcfg: MTBenchConf, prepare_dir: str | None, need_prompts: bool) -> MTBenchData:
     """Questions (first `limit`), references, and judge prompts when `need_prompts`.
 
     `eval.mt_bench.source` picks a c2f_exp.sources class: one that `reads_prepare` (tinyworld)

@@ -5,17 +5,20 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from c2f_exp.evaluation import harness, mt_bench
 from c2f_exp.evaluation import lineup as models
 from c2f_exp.evaluation.config import TINYWORLD_TASKS
 from c2f_exp.evaluation.mt_bench_data import MTBenchData, load_data, write_jsonl
 
+if TYPE_CHECKING:
+    from c2f_exp.evaluation.config import EvalConf
+
 log = logging.getLogger(__name__)
 
 
-def lm_eval_tasks(ecfg: Any, prepare_dir: str | None, out: Path) -> tuple[list[str], Any]:
+def lm_eval_tasks(ecfg: EvalConf, prepare_dir: str | None, out: Path) -> tuple[list[str], Any]:
     """The configured task names and a TaskManager that finds them (tiny-world tasks are
     written into `<out>/lm_eval_tasks/` first)."""
     from c2f_exp.evaluation.tasks import materialise_tinyworld
@@ -30,7 +33,7 @@ def lm_eval_tasks(ecfg: Any, prepare_dir: str | None, out: Path) -> tuple[list[s
     return tasks, harness.task_manager(tasks, include) if tasks else None
 
 
-def mt_bench_data(ecfg: Any, prepare_dir: str | None) -> MTBenchData | None:
+def mt_bench_data(ecfg: EvalConf, prepare_dir: str | None) -> MTBenchData | None:
     from c2f_exp.evaluation.judges import LLM_JUDGES
 
     if not ecfg.mt_bench.enabled:
@@ -40,7 +43,7 @@ def mt_bench_data(ecfg: Any, prepare_dir: str | None) -> MTBenchData | None:
 
 def evaluate_model(
     ref: models.ModelRef,
-    ecfg: Any,
+    ecfg: EvalConf,
     tasks: list[str],
     tm: Any,
     data: MTBenchData | None,

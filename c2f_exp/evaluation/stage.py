@@ -22,7 +22,8 @@ from c2f_exp.sources import source_for
 from c2f_exp.stages import StageContext, final_dir, subtree
 
 if TYPE_CHECKING:
-    from c2f_exp.config import C2FConfig
+    from c2f_exp.config import C2FConfig, RehearsalConf
+    from c2f_exp.evaluation.config import EvalConf
 
 log = logging.getLogger(__name__)
 REPORT_FILES = ("results.json", "report.md", "plots")
@@ -170,7 +171,7 @@ def _copy_report(out: Path, stage_dir: Path) -> None:
             shutil.copy(src, stage_dir / name)
 
 
-def rehearsal_eval(cfg: C2FConfig) -> Any:
+def rehearsal_eval(cfg: C2FConfig) -> EvalConf:
     """`eval`, or under the rehearsal (debug=micro on hub models) a copy with its caps: lm-eval
     `limit`, MT-Bench answer length."""
     if not layout.rehearsing(cfg):
@@ -182,7 +183,7 @@ def rehearsal_eval(cfg: C2FConfig) -> Any:
     return e
 
 
-def per_category(questions: list[dict], r: Any) -> list[dict]:
+def per_category(questions: list[dict], r: RehearsalConf) -> list[dict]:
     """The first `r.mt_bench_per_category` questions of each category, in file order."""
     seen: dict[str, int] = {}
     keep = []

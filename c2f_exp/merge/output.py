@@ -10,11 +10,14 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from c2f_exp.core.layout import RESULT
 from c2f_exp.merge.config import coefficient_values
 from c2f_exp.merge.io import INDEX, MergeError
+
+if TYPE_CHECKING:
+    from c2f_exp.merge.config import MergerConf
 
 # Not copied from the instruct directory: weights, and files describing another artifact.
 _NOT_COPIED = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt", ".gguf")
@@ -142,7 +145,9 @@ def copy_model_dir(
     return target
 
 
-def recipe(m: Any, models, stats, n_layers: int, shards: int, nbytes: int) -> dict[str, Any]:
+def recipe(
+    m: MergerConf, models, stats, n_layers: int, shards: int, nbytes: int
+) -> dict[str, Any]:
     """`merge_recipe.json` (docs/method.md §5): method, coefficients, inputs with fingerprints,
     residue statistics (totals and per tensor). `models`: role -> io.ModelDir."""
     merged = [s for s in stats.values() if "numel" in s]

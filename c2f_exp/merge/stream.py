@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from tqdm import tqdm
 
 from c2f_exp.merge import io, methods, output
 from c2f_exp.merge.config import ROLES, check_coefficient_length, coefficient_values, parse_size
+
+if TYPE_CHECKING:
+    from c2f_exp.merge.config import MergerConf
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +57,7 @@ def open_models(dirs: dict[str, str], method: str) -> dict[str, io.ModelDir]:
     return {r: io.ModelDir(dirs[r], f"merger.{r}") for r in ROLES[method]}
 
 
-def check_inputs(models: dict[str, io.ModelDir], m: Any) -> list[Item]:
+def check_inputs(models: dict[str, io.ModelDir], m: MergerConf) -> list[Item]:
     """Architecture, tensor names/shapes (policy `m.on_mismatch`) and lambda-list length.
     Returns the output plan. Raises MergeError / ConfigError naming the key and the fix."""
     ins = models["instruct"]
@@ -226,7 +229,7 @@ def _single_thread() -> Iterator[None]:
         torch.set_num_threads(n)
 
 
-def merge_models(dirs: dict[str, str], m: Any, out: Path) -> dict[str, Any]:
+def merge_models(dirs: dict[str, str], m: MergerConf, out: Path) -> dict[str, Any]:
     """Merge the models in `dirs` (role -> directory) per merger config `m` into `out`.
 
     Writes shards, the index (when sharded) and the instruct model's config/tokenizer files,
@@ -260,7 +263,7 @@ def merge_models(dirs: dict[str, str], m: Any, out: Path) -> dict[str, Any]:
     return recipe
 
 
-def _write_shards(models, plan: list[Item], shards, names, m: Any, out: Path):
+def _write_shards(models, plan: list[Item], shards, names, m: MergerConf, out: Path):
     """Merge tensor by tensor into the planned shards. Returns (per-tensor stats, the largest
     RssAnon seen after a tensor, in kB)."""
     method = methods.METHODS[m.method]

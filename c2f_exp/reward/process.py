@@ -20,12 +20,15 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from c2f_exp.reward.model import encode, token_scores
+
+if TYPE_CHECKING:
+    from c2f_exp.reward.config import RewardTrainConf
 
 log = logging.getLogger(__name__)
 DELIMITERS = (".", "?", "!")
@@ -88,7 +91,7 @@ def segment_loss(
 
 
 def train_process(
-    model: PreTrainedModel, rows: list[Labelled], pad_id: int, tcfg: Any, seed: int
+    model: PreTrainedModel, rows: list[Labelled], pad_id: int, tcfg: RewardTrainConf, seed: int
 ) -> list[dict]:
     """AdamW with linear warmup and cosine decay on `segment_loss`. Returns a loss history
     [{"step", "loss"}] (every 5 steps, as the TRL trainer logs)."""

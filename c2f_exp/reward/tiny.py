@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,6 +27,9 @@ from c2f_exp.reward import knowledge
 from c2f_exp.reward import model as rmod
 from c2f_exp.reward import preferences as prefs
 from c2f_exp.reward.process import label, train_process
+
+if TYPE_CHECKING:
+    from c2f_exp.reward.config import RewardConf
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,7 @@ def _defect_rows(labeller: Any, s: prefs.Sampled, seed: int) -> list[dict]:
 
 
 def build_data(
-    r: Any, labeller: Any, tok: Any, static: list[dict], s: prefs.Sampled, seed: int
+    r: RewardConf, labeller: Any, tok: Any, static: list[dict], s: prefs.Sampled, seed: int
 ) -> list:
     """Training rows for `r.objective`: pair dicts (pairwise) or `Labelled` answers (process)."""
     extra = _defect_rows(labeller, s, seed) if r.defects.enabled else []
@@ -67,7 +70,7 @@ def build_data(
     return [label(tok, labeller.scorer, p, t, subject_of(p)) for p, t in zip(ps, ts, strict=True)]
 
 
-def _fit(model, tok, data: list, r: Any, workdir, seed: int) -> list[dict]:
+def _fit(model, tok, data: list, r: RewardConf, workdir, seed: int) -> list[dict]:
     if r.objective == "process":
         return train_process(model, data, tok.pad_token_id, r.train, seed)
     return rmod.train_reward_model(model, tok, data, r.format, r.train, workdir, seed)
@@ -86,7 +89,7 @@ def _best_half(model, tok, s: prefs.Sampled, batch_size: int) -> prefs.Sampled:
 
 
 def train_tiny(
-    r: Any, labeller: Any, model, tok, static: list[dict], seed: int, workdir, lm_src=None
+    r: RewardConf, labeller: Any, model, tok, static: list[dict], seed: int, workdir, lm_src=None
 ) -> dict[str, Any]:
     """Train `model` (from init) on the tiny world's data for `r.rounds` rounds. Returns
     metrics (train_pairs: pairs or labelled answers of the last round, train_seconds)."""
@@ -138,7 +141,7 @@ def fit_knowledge(model, tok, pairs: list[dict], lm_src: str, sentences: bool = 
     return head["train_accuracy"]
 
 
-def evaluate_tiny(r: Any, labeller: Any, model, tok, seed: int) -> dict[str, Any]:
+def evaluate_tiny(r: RewardConf, labeller: Any, model, tok, seed: int) -> dict[str, Any]:
     """Agreement with the gold scorer on fresh answers (held-out animals, then PPO's animals:
     prefix `ppo_prompts_`), overall and on pairs that differ by one defect (defects.py)."""
     g, metrics = r.gold, {}
