@@ -83,6 +83,15 @@ def sampling_kwargs(limit: int, temperature: float, top_k: int, eos_id: int, see
     }
 
 
+def first_stop(toks: list[int], stops: list[list[int]]) -> int | None:
+    """The length of `toks` up to and including the earliest stop sequence, else None (what
+    `rollout.generate` keeps of a row: the marker stays in it)."""
+    for t in range(len(toks)):
+        if any(s and toks[max(0, t + 1 - len(s)) : t + 1] == s for s in stops):
+            return t + 1
+    return None
+
+
 def vllm_model(llm: Any) -> Any | None:
     """The torch model inside an in-process vLLM `LLM` (V0 and V1 layouts), else None."""
     try:
@@ -110,6 +119,9 @@ class VLLMEngine:
     def __init__(self, llm: Any, sampling_cls: Any, c: Any):
         self.llm, self.sampling_cls, self.c = llm, sampling_cls, c
         self.synced = 0
+        # token sequences that end a row (the turn marker), as for HFEngine: vLLM stops only at
+        # EOS (its `stop` strings need detokenizing), so a row is cut after the first one here
+        self.stop: list[list[int]] = []
 
     def sync_weights(self, policy: torch.nn.Module) -> int:
         """Push the policy's weights (HF names; vLLM fuses qkv / gate_up itself). Returns count."""
@@ -137,8 +149,9 @@ class VLLMEngine:
         rows, truncated = [], []
         for o in outs:
             toks = list(o.outputs[0].token_ids)[:limit]
-            stopped = eos_id in toks
-            toks = toks[: toks.index(eos_id) + 1] if stopped else toks
+            end = first_stop(toks, [[eos_id], *self.stop])
+            stopped = end is not None
+            toks = toks[:end] if stopped else toks
             if not stopped and o.outputs[0].finish_reason == "stop" and len(toks) < limit:
                 toks.append(eos_id)  # stopped on EOS without returning it
                 stopped = True

@@ -137,6 +137,33 @@ def test_outputs_become_a_rollout_with_the_limit_and_eos(policy):
     assert torch.equal(ro.prompt_ids, ids)
 
 
+def test_rows_end_at_the_turn_marker_as_with_the_hf_engine(policy):
+    """vLLM samples on past a stop sequence (it stops at EOS only); the engine keeps what
+    `rollout.generate` keeps (tests/e2e/test_real_path.py::
+    test_rollouts_and_answers_stop_at_the_turn_marker): the row up to and including the
+    marker, not truncated."""
+    marker = [11, 12]  # e.g. "\n\nHuman:" after text
+    script = [
+        ([5, 11, 12, 9, 9, EOS], "stop"),  # marker, then the user's next turn: cut after it
+        ([5, 11, 6, 7, 8, 9], "length"),  # half a marker: no stop, truncated at the limit
+        ([11, 12], "length"),  # the marker ends what vLLM returned: stopped, not truncated
+    ]
+    eng = VLLMEngine(FakeLLM(script), FakeParams, _cfg())
+    eng.stop = [marker]
+    ids = torch.tensor([[BOS, 7], [PAD, BOS], [PAD, BOS]])
+    mask = (ids != PAD).long()
+    ro = eng.generate(policy, ids, mask, 6, EOS, PAD)
+    assert ro.response_ids.tolist() == [
+        [5, 11, 12, PAD, PAD, PAD],
+        [5, 11, 6, 7, 8, 9],
+        [11, 12, PAD, PAD, PAD, PAD],
+    ]
+    assert ro.response_mask.sum(1).tolist() == [3, 6, 2]
+    assert ro.truncated.tolist() == [False, True, False]
+    assert engines.first_stop([5, 11, 12, 9], [[EOS], marker]) == 3
+    assert engines.first_stop([5, 11, 6], [[EOS], marker]) is None
+
+
 def test_vllm_missing_is_a_named_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError
     with pytest.raises(
