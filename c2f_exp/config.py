@@ -312,13 +312,17 @@ FREE_FORM = ("eval.models", "eval.chat", "merger.module_overrides", "sweep.vars"
 @functools.cache
 def run_id() -> str:
     """Six hex digits drawn once per process: `${run_id:}` in conf/config.yaml's
-    `hydra.run.dir`, so two runs started in the same second get separate run dirs."""
+    `hydra.run.dir` and `hydra.sweep.dir`, so two runs (or sweeps) started in the same second
+    get separate dirs."""
     return secrets.token_hex(3)
 
 
 def register() -> None:
     if not OmegaConf.has_resolver("run_id"):
-        OmegaConf.register_new_resolver("run_id", run_id)
+        # use_cache: the value is kept in the config, and Hydra copies that cache into every
+        # sweep job's config (as for ${now:}), so joblib / submitit workers, other processes
+        # with other ids, resolve the sweep dir the launcher made
+        OmegaConf.register_new_resolver("run_id", run_id, use_cache=True)
     node = OmegaConf.structured(C2FConfig)
     for key in FREE_FORM:
         OmegaConf.set_struct(OmegaConf.select(node, key), False)
