@@ -88,8 +88,7 @@ class CoarseStage:
         prefix = prefix.format(bos=tok.bos_token or "")
         monitor = build_monitor(cfg, tok, acc, prep)  # None unless coarse.gold_every > 0
         engine = build_engine(c, base, rl_seed(cfg))  # hf | vllm (coarse.rollout.engine)
-        if hasattr(engine, "stop"):  # rollouts end at EOS and at the source's turn marker
-            engine.stop = stop_sequences(tok, source_for(cfg).turn_marker)
+        engine.stop = stop_sequences(tok, source_for(cfg).turn_marker)  # ends rows beside EOS
         parts = TrainerParts(
             accelerator=acc,
             model=model,

@@ -12,7 +12,6 @@ learned term over a language model's surprisal.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -180,14 +179,15 @@ def init_reward_model(
     seed: int,
     template_src: Callable[[], str] | None = None,
     pooling: str = "last",
-    arch: Any = None,
+    arch: dict[str, int] | None = None,
 ) -> tuple[Any, Any]:
     """A fresh one-output classifier from model `src`, ready for `train_reward_model`.
 
     The pad token is the tokenizer's, else <unk> (never EOS: the score is read at the EOS). For
     `chat` with a tokenizer that has no chat template (a base model), the template of
     `template_src()` (the instruct partner) is used. `pooling` (last | sum) is stored in the
-    config for `score_ids`; `arch` (RewardArchConf: set fields) grows the model (reward_arch.py).
+    config for `score_ids`; `arch` (the set fields of `reward.arch`: RewardArchConf.overrides)
+    grows the model (reward/arch.py).
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -200,12 +200,10 @@ def init_reward_model(
     model = AutoModelForSequenceClassification.from_pretrained(
         src, num_labels=1, dtype=torch.float32, use_safetensors=True
     )
-    fields = vars(arch) if dataclasses.is_dataclass(arch) else dict(arch or {})
-    over = {k: v for k, v in fields.items() if v is not None}  # the set fields
-    if over:
+    if arch:
         from c2f_exp.reward.arch import grow
 
-        model = grow(model, over, seed)
+        model = grow(model, arch, seed)
     model.config.pad_token_id = tok.pad_token_id
     setattr(model.config, FORMAT_KEY, fmt)
     setattr(model.config, POOLING_KEY, pooling)

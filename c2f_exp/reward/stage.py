@@ -21,6 +21,7 @@ from c2f_exp.core.tokenizers import save_tokenizer
 from c2f_exp.reward import knowledge, tiny
 from c2f_exp.reward import model as rmod
 from c2f_exp.reward import preferences as prefs
+from c2f_exp.reward.config import RewardArchConf
 from c2f_exp.reward.model import score_texts  # noqa: F401  (public: used by coarse, eval)
 from c2f_exp.sources import source_for
 from c2f_exp.stages import StageContext, distributed_key, model_dir, subtree
@@ -100,7 +101,7 @@ def _train(ctx: StageContext, train: list[dict], test: list[dict], out: Path, la
         seed,
         lambda: model_dir(ctx, "instruct"),
         pooling="sum" if r.objective == "process" else "last",
-        arch=r.arch,
+        arch=RewardArchConf.overrides(r.arch),
     )
     init_acc = rmod.pairwise_accuracy(model, tok, test, r.format, r.eval_batch_size)
     if labeller:

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from c2f_exp.reward import model as rmod
 from c2f_exp.reward import preferences as prefs
 from c2f_exp.reward import tiny
-from c2f_exp.reward.config import RewardConf
+from c2f_exp.reward.config import RewardArchConf, RewardConf
 
 ROOT = Path(__file__).resolve().parents[2]
 # name -> overrides of conf/reward/tinyworld.yaml (whose default is BT + knowledge + sentences)
@@ -76,7 +76,7 @@ def run_variant(name: str, over: dict, prep: Path, lab, static, test, seed: int)
         "plain",
         seed,
         pooling="sum" if r.objective == "process" else "last",
-        arch=r.arch,
+        arch=RewardArchConf.overrides(r.arch),
     )
     m = tiny.train_tiny(r, lab, model, tok, static, seed, Path("/tmp/rm_variants") / name[:8])
     m.pop("history")

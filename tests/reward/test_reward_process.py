@@ -112,8 +112,10 @@ def test_defect_pairs_come_in_equal_shares_and_agreement_by_hand(world):
 
 def test_a_deeper_reward_model_starts_as_the_init_model(micro):
     last, tok = rmod.init_reward_model(str(micro / "base"), "plain", 0)
-    arch = RewardArchConf(**{**_micro_arch(), "num_layers": 4})  # typed, as the stage hands it on
-    deep, _ = rmod.init_reward_model(str(micro / "base"), "plain", 0, arch=arch)
+    arch = RewardArchConf(**{**_micro_arch(), "num_layers": 4})  # typed, as the stage has it
+    deep, _ = rmod.init_reward_model(
+        str(micro / "base"), "plain", 0, arch=RewardArchConf.overrides(arch)
+    )
     assert deep.config.num_hidden_layers == 4 == 2 * last.config.num_hidden_layers
     ids = [rmod.encode(tok, "tell me about the x .", "the x moves slowly .", "plain")]
     deep.score.load_state_dict(last.score.state_dict())  # same head: same function
